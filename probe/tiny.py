@@ -12,10 +12,13 @@ import copy
 import json
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+if TYPE_CHECKING:
+    from probe.env.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +134,29 @@ def save_random_lora(model: PreTrainedModel, out_dir: str | Path, r: int = 4, se
     cfg_path.write_text(json.dumps(data, indent=2))
     log.debug("saved random LoRA (%d tensors, r=%d) to %s", n, r, out)
     return out
+
+
+def tiny_problems() -> list["Problem"]:
+    """Two hand-written problems in the upstream shape (user message carries the pass phrase)."""
+    from probe.env.problems import Problem
+
+    def question(text: str, starter: str) -> str:
+        return (f"{text}\n\nYour solution should be a method of the class Solution called "
+                f"{starter.split('def ', 1)[1].split('(', 1)[0]} and should pass all tests. Use the "
+                f"following starter code:\n```python\n{starter}\n```")
+
+    add_starter = "class Solution:\n    def addTwo(self, a: int, b: int) -> int:\n        "
+    rev_starter = "class Solution:\n    def reverseWords(self, s: str) -> str:\n        "
+    return [
+        Problem(id=1, question=question("Return the sum of a and b.", add_starter),
+                func_name="Solution().addTwo", setup_code="",
+                canonical_solution=add_starter + "return a + b\n",
+                gt_answer=("assert Solution().addTwo(1, 2) == 3",
+                           "assert Solution().addTwo(-1, 1) == 0"),
+                starter_code=add_starter, difficulty="easy"),
+        Problem(id=2, question=question("Reverse the order of the words in s.", rev_starter),
+                func_name="Solution().reverseWords", setup_code="",
+                canonical_solution=rev_starter + "return ' '.join(reversed(s.split()))\n",
+                gt_answer=("assert Solution().reverseWords('a b') == 'b a'",),
+                starter_code=rev_starter, difficulty="easy"),
+    ]
