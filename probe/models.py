@@ -230,7 +230,8 @@ def check_adapter_fits(base: torch.nn.Module, adapter_cfg: dict[str, Any],
     if want and have and want != have:
         raise AdapterMismatchError(
             f"adapter was trained on base_model_name_or_path="
-            f"{adapter_cfg.get('base_model_name_or_path')!r} but the base is {base_id!r}")
+            f"{adapter_cfg.get('base_model_name_or_path')!r} but the base is {base_id!r} (names are "
+            f"compared by basename; if the base dir is not named after the model, pass base_id)")
     if adapter_cfg.get("peft_type", "LORA").upper() != "LORA":
         raise AdapterMismatchError(f"adapter peft_type is {adapter_cfg.get('peft_type')!r}, not LORA")
     modules = dict(base.named_modules())
