@@ -123,15 +123,31 @@ def resolve_local(path_or_id: str, kind: str = "model", cache_dir: str | Path | 
                 found = Path(snapshot_download(str(path_or_id), cache_dir=str(cache),
                                                local_files_only=True))
         except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as e:
+            found = _single_snapshot(cache, str(path_or_id))
+            if found is not None:
+                log.warning("%s: no refs/main in the HF cache; using its only snapshot %s",
+                            path_or_id, found)
+                return _require_files(found, str(path_or_id), kind)
             raise ModelNotFoundError(
                 f"{kind} {str(path_or_id)!r} not found: not a local directory and no snapshot in the "
                 f"local HF cache {cache} ({type(e).__name__}). {_how_to_get(str(path_or_id), kind)}"
             ) from None
+    return _require_files(found, str(path_or_id), kind)
+
+
+def _single_snapshot(cache: Path, repo_id: str) -> Path | None:
+    """The one snapshot of a cached repo whose refs/ was not copied along (common with rsync -L)."""
+    snaps = cache / ("models--" + repo_id.replace("/", "--")) / "snapshots"
+    found = [p for p in snaps.iterdir() if p.is_dir()] if snaps.is_dir() else []
+    return found[0] if len(found) == 1 else None
+
+
+def _require_files(found: Path, path_or_id: str, kind: str) -> Path:
     needed = KINDS[kind]
     if not any((found / f).is_file() for f in needed):
         raise ModelNotFoundError(
-            f"{kind} directory {found} (for {str(path_or_id)!r}) lacks {' or '.join(needed)}; "
-            f"is it a complete {kind} download? {_how_to_get(str(path_or_id), kind)}")
+            f"{kind} directory {found} (for {path_or_id!r}) lacks {' or '.join(needed)}; "
+            f"is it a complete {kind} download? {_how_to_get(path_or_id, kind)}")
     return found
 
 

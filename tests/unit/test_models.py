@@ -106,6 +106,18 @@ def test_resolve_local_finds_hub_id_in_fake_cache(dirs: dict[str, Path], tmp_pat
     assert resolve_local("acme/tiny-qwen3") == snap
 
 
+def test_resolve_local_uses_the_only_snapshot_when_refs_are_missing(dirs: dict[str, Path],
+                                                                   tmp_path: Path) -> None:
+    snap = _fake_cache(tmp_path, "acme/tiny-qwen3", dirs["base"])
+    shutil.rmtree(snap.parent.parent / "refs")
+    assert resolve_local("acme/tiny-qwen3", cache_dir=tmp_path) == snap
+    _fake_cache(tmp_path / "two", "acme/x", dirs["base"], commit="c" * 40)
+    shutil.copytree(dirs["base"], tmp_path / "two" / "models--acme--x" / "snapshots" / ("d" * 40))
+    shutil.rmtree(tmp_path / "two" / "models--acme--x" / "refs")
+    with pytest.raises(ModelNotFoundError):  # ambiguous: two snapshots, no ref
+        resolve_local("acme/x", cache_dir=tmp_path / "two")
+
+
 def test_resolve_local_missing_hub_id_says_how_to_get_it(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
@@ -153,6 +165,19 @@ def test_merged_teacher_accepts_a_loaded_base(dirs: dict[str, Path]) -> None:
     teacher = load_merged_teacher(tiny_qwen3(seed=0), str(dirs["lora"]), base_id="tiny-qwen3")
     ref = load_merged_teacher(str(dirs["base"]), str(dirs["lora"]), device="cpu")
     torch.testing.assert_close(_logits(teacher, IDS), _logits(ref, IDS))
+
+
+def test_bf16_merge_passes_and_a_skipped_bf16_merge_fails(dirs: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 (the GPU dtype) rounds the merge: tolerance must admit it, the weight check still bites."""
+    teacher = load_merged_teacher(str(dirs["base"]), str(dirs["lora"]), device="cpu",
+                                  dtype=torch.bfloat16)
+    assert next(teacher.parameters()).dtype == torch.bfloat16
+    assert teacher.probe_merge_report["merged_vs_unmerged"] < 5e-2
+    monkeypatch.setattr(LoraModel, "merge_and_unload", lambda self, *a, **k: self.unload())
+    with pytest.raises(MergeCheckError, match="kept the base weight"):
+        load_merged_teacher(str(dirs["base"]), str(dirs["lora"]), device="cpu",
+                            dtype=torch.bfloat16)
 
 
 def test_skipped_merge_unload_only_is_caught(dirs: dict[str, Path],
