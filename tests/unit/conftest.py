@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen3ForCausalLM
+
+from probe.tiny import tiny_qwen3
 
 VOCAB = 96
 
 
 def make_tiny_qwen3(seed: int = 0, **overrides) -> Qwen3ForCausalLM:
-    """A 2-layer Qwen3 with the real architecture, float32, eval mode."""
-    cfg = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, head_dim=8, tie_word_embeddings=True,
-               max_position_embeddings=128)
+    """A 2-layer Qwen3 with the real architecture (narrower than probe.tiny's default), float32."""
+    cfg = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+               num_key_value_heads=2, head_dim=8, pad_token_id=0, eos_token_id=1)
     cfg.update(overrides)
-    torch.manual_seed(seed)
-    return Qwen3ForCausalLM(Qwen3Config(**cfg)).eval()
+    return tiny_qwen3(seed=seed, **cfg)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from world_contract import check_world_contract
+from tests.unit.world_contract import check_world_contract
 
 from probe.env.problems import ProblemFormatError, write_problems
 from probe.tiny import save_random_lora, save_tiny_base, tiny_problems, tiny_qwen3
