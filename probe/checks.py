@@ -92,8 +92,7 @@ def r3_stats(paths: Phase1Paths) -> dict[str, Any]:
         "mean_signed_in": sum(s["signed_in"] for s in steps) / n if n else float("nan"),
         "mean_signed_out": sum(s["signed_out"] for s in steps) / n if n else float("nan"),
         "fired_steps_grad_unchanged": sum(
-            1 for s in fired
-            if abs(s["grad_norm_out"] - s["grad_norm_in"]) <= 1e-9 * max(s["grad_norm_in"], 1e-30)),
+            1 for s in fired if s["grad_change_norm"] <= 1e-9 * max(s["grad_norm_in"], 1e-30)),
         "n_fired_steps": len(fired),
     }
 

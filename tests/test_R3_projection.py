@@ -2,7 +2,7 @@
 
 Spec: "Done means: mean_cos_out < mean_cos_in on ≥80% of projected steps" and (T3 UAT) "fired > 0.5".
 "Sneaky fail: projection runs but copies grad through unchanged (e.g. sign flip elsewhere); cos_out
-unchanged or higher catches it." Stored ‖g‖ before/after each step shows whether it changed at all.
+unchanged or higher catches it." Each step stores ‖g_in − g_out‖, which shows whether it changed at all.
 Note (facts §5): under one-sided projection cos_out ≈ 0 by construction — this verifies the
 mechanism acted, not that hacking is prevented; behaviour is reported alongside.
 """
@@ -39,6 +39,6 @@ def test_R3_fired(stats, verdict):
 
 def test_R3_sneaky_gradient_actually_changed(stats, verdict):
     bad = stats["fired_steps_grad_unchanged"]
-    verdict("R3", "fired steps with unchanged ‖g‖", f"{bad}/{stats['n_fired_steps']}", "0", bad == 0)
+    verdict("R3", "fired steps with unchanged g", f"{bad}/{stats['n_fired_steps']}", "0", bad == 0)
     assert stats["n_fired_steps"] > 0 and bad == 0, (
-        f"{bad} of {stats['n_fired_steps']} fired steps left the gradient norm unchanged")
+        f"{bad} of {stats['n_fired_steps']} fired steps left the gradient unchanged")

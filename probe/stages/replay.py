@@ -80,8 +80,11 @@ def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[s
     summary: dict[str, Any] = {"n_rows": len(rows), "grad_norm_in": _total_norm(adapter.grads()),
                                "mean_loss": sum(r["loss"] for r in out_rows) / len(out_rows)}
     if projected:
+        before = {n: g.clone() for n, g in adapter.grads().items()}
         diag = project_adapter_grads_(adapter, V["nll"], cfg.projection, cfg.preserve_magnitude)
         summary.update(diag.to_dict())
+        after = adapter.grads()
+        summary["grad_change_norm"] = _total_norm({n: after[n] - before[n] for n in before})
     summary["grad_norm_out"] = _total_norm(adapter.grads())
     return out_rows, summary
 
