@@ -373,7 +373,8 @@ def load_merged_teacher(base: str | PreTrainedModel, adapter_path_or_id: str, de
     tol = LOGIT_REL_TOL.get(compute_dtype, 5e-2)
     err = _rel_err(unmerged, merged_logits)
     effect = _rel_err(unmerged, base_logits)
-    report.update(merged_vs_unmerged=err, adapter_effect=effect, tol=tol)
+    report.update(merged_vs_unmerged=err, adapter_effect=effect, tol=tol,
+                  changed_modules=len(adapted) - len(unchanged))
     if not torch.isfinite(merged_logits).all():
         raise MergeCheckError("merged model produces non-finite logits on the probe batch")
     if err > tol:

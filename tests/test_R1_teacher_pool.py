@@ -52,7 +52,7 @@ def test_R1_sneaky_teacher_is_not_the_base(stats, verdict):
 
 def test_R1_sneaky_merged_weights_differ(stats, verdict):
     rep = stats["merge_report"]
-    changed, adapted = rep.get("n_changed"), rep.get("n_adapted")
+    changed, adapted = rep.get("changed_modules"), rep.get("adapted_modules")
     ok = bool(rep) and adapted is not None and adapted > 0 and changed == adapted
     verdict("R1", "merge changed every adapted module", f"{changed}/{adapted}", "all", ok)
     assert ok, f"teacher merge report: {rep or 'missing (teacher not loaded through the checked merge)'}"
