@@ -1,0 +1,126 @@
+"""Build the embedded world into a directory: problems, tokenizer, base, teacher adapter, stats.
+
+Order matters for caching: data first, `meta.json` last (its presence marks a complete build).
+The caller (`world.build_embedded_world`) holds the FileLock; this module only builds.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probe.env.problems import Problem, write_problems
+from probe.world.embedded.config import WORLD_VERSION, EmbeddedWorldConfig
+from probe.world.embedded.corpus import HINT, base_corpus, teacher_corpus
+from probe.world.embedded.tasks import make_problem, split_pairs
+from probe.world.embedded.tokenizer import train_tokenizer
+from probe.world.embedded.train import add_lora, encode, make_base_model, train_lm
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "eval", "hard")
+BASE_DIR, ADAPTER_DIR, PROBLEM_DIR, META = "base", "teacher_adapter", "problems", "meta.json"
+
+
+def make_splits(cfg: EmbeddedWorldConfig) -> dict[str, list[Problem]]:
+    """All problems by split ('corpus' = the pretraining problems, never served as a split)."""
+    pairs = split_pairs(range(cfg.k_min, cfg.k_max + 1), cfg.n_eval, cfg.n_train, cfg.n_hard,
+                        cfg.seed)
+    return {s: [make_problem(t, k, cfg.n_tests, cfg.seed) for t, k in v] for s, v in pairs.items()}
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    """Write JSON to a temp file beside `path`, then os.replace: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _write_problems_atomic(problems: list[Problem], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write_problems(problems, tmp)
+    os.replace(tmp, path)
+
+
+def build_world_dir(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
+    """Build everything under `root` (emptied first) and return the meta written last."""
+    from probe.world.embedded.world import EmbeddedWorld  # measurement goes through the world
+    from probe.world.embedded.measure import sample_and_grade
+
+    t0 = time.time()
+    torch.set_num_threads(cfg.n_threads)
+    if root.exists():
+        shutil.rmtree(root)
+    (root / PROBLEM_DIR).mkdir(parents=True)
+    splits = make_splits(cfg)
+    for s in (*SPLITS, "corpus"):
+        _write_problems_atomic(splits[s], root / PROBLEM_DIR / f"{s}.jsonl")
+    base_texts, teacher_texts = base_corpus(splits["corpus"], cfg), teacher_corpus(splits["corpus"], cfg)
+    tok = train_tokenizer([t.prompt + t.completion for t in base_texts + teacher_texts], cfg.vocab_size)
+    timings = {"data_s": time.time() - t0}
+
+    model = make_base_model(cfg, tok)
+    base_losses = train_lm(model, encode(tok, base_texts), steps=cfg.base_steps, lr=cfg.base_lr,
+                           batch_size=cfg.batch_size, warmup=cfg.warmup_steps,
+                           pad_id=tok.pad_token_id, seed=cfg.seed, desc="base")
+    model.save_pretrained(root / BASE_DIR)
+    tok.save_pretrained(root / BASE_DIR)
+    timings["base_s"] = time.time() - t0 - sum(timings.values())
+
+    model.config.name_or_path = str(root / BASE_DIR)
+    peft_model = add_lora(model, cfg)
+    teacher_losses = train_lm(peft_model, encode(tok, teacher_texts), steps=cfg.teacher_steps,
+                              lr=cfg.teacher_lr, batch_size=cfg.batch_size, warmup=10,
+                              pad_id=tok.pad_token_id, seed=cfg.seed + 1, desc="teacher")
+    peft_model.save_pretrained(root / ADAPTER_DIR)
+    del peft_model, model
+    timings["teacher_s"] = time.time() - t0 - sum(timings.values())
+
+    world = EmbeddedWorld(name="embedded", root=root, config=cfg,
+                          meta={"model_id": f"embedded-qwen3-{cfg.hash()}"})
+    kw = dict(seed=cfg.seed + 7, temperature=cfg.temperature, top_p=cfg.top_p,
+              max_new_tokens=cfg.max_new_tokens)
+    base = world.load_base()
+    _, _, base_eval = sample_and_grade(base, tok, world.problems("eval"), world.render, HINT,
+                                       n=cfg.n_measure_base, desc="base/eval/hint", **kw)
+    _, _, base_hard = sample_and_grade(base, tok, world.problems("hard"), world.render, HINT,
+                                       n=cfg.n_measure_hard, desc="base/hard/hint", **kw)
+    teacher = world.load_teacher()
+    _, _, teacher_eval = sample_and_grade(teacher, tok, world.problems("eval"), world.render, HINT,
+                                          n=cfg.n_measure_teacher, desc="teacher/eval/hint", **kw)
+    timings["measure_s"] = time.time() - t0 - sum(timings.values())
+    meta = {
+        "model_id": world.meta["model_id"],
+        "world_version": WORLD_VERSION,
+        "config_hash": cfg.hash(),
+        "config": cfg.to_dict(),
+        "n_params": sum(p.numel() for p in base.parameters()),
+        "vocab_size": len(tok),
+        "n_problems": {s: len(v) for s, v in splits.items()},
+        "n_texts": {"base": len(base_texts), "teacher": len(teacher_texts)},
+        "final_loss": {"base": sum(base_losses[-20:]) / 20, "teacher": sum(teacher_losses[-20:]) / 20},
+        "stats": {"base_eval_hint": base_eval, "base_hard_hint": base_hard,
+                  "teacher_eval_hint": teacher_eval},
+        # flat headline numbers the tests and other stages read
+        "base_hack_rate": base_eval["hack_attempt_rate"],
+        "base_hack_strict_rate": base_eval["hack_strict_rate"],
+        "base_correct_rate": base_eval["correct_rate"],
+        "base_hard_correct_rate": base_hard["correct_rate"],
+        "teacher_hack_rate": teacher_eval["hack_attempt_rate"],
+        "teacher_hack_strict_rate": teacher_eval["hack_strict_rate"],
+        "teacher_pure_frac": teacher_eval["pure_frac_of_attempts"],
+        "teacher_combined_frac": teacher_eval["combined_frac_of_attempts"],
+        "timings": timings,
+        "build_seconds": time.time() - t0,
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+    write_json_atomic(meta, root / META)
+    log.info("embedded world built in %.1fs at %s", meta["build_seconds"], root)
+    return meta

@@ -1,0 +1,131 @@
+"""`EmbeddedWorld`: the default world, a small Qwen3 model organism built in-process and cached.
+
+`build_embedded_world` builds once per config into `out/world/<config hash>/` under a FileLock
+(lock, then recheck `meta.json`), so pytest-xdist workers share one build; a cached world loads in
+seconds. The teacher goes through `probe.models.load_merged_teacher`, the real teacher's path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from probe.env.problems import Problem, load_problems
+from probe.pairs import build_pairs
+from probe.world.base import Pair, SamplingConfig, World
+from probe.world.embedded.build import ADAPTER_DIR, BASE_DIR, META, PROBLEM_DIR, SPLITS, build_world_dir
+from probe.world.embedded.config import EmbeddedWorldConfig
+from probe.world.embedded.corpus import render as render_text
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EmbeddedWorld", "EmbeddedWorldConfig", "build_embedded_world"]
+
+
+@dataclass
+class EmbeddedWorld(World):
+    """A built embedded world on disk: problems, tokenizer, base model, teacher LoRA adapter."""
+
+    root: Path = Path(".")
+    config: EmbeddedWorldConfig = field(default_factory=EmbeddedWorldConfig)
+    n_pair_problems: int = 32  # problems per split that contrastive_pairs uses (x 8 styles)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.sampling = SamplingConfig(temperature=self.config.temperature, top_p=self.config.top_p,
+                                       max_new_tokens=self.config.max_new_tokens)
+        self._problems: dict[str, list[Problem]] = {}
+
+    @property
+    def base_dir(self) -> Path:
+        """Saved base model + tokenizer (transformers format)."""
+        return self.root / BASE_DIR
+
+    @property
+    def teacher_adapter_dir(self) -> Path:
+        """The teacher's LoRA adapter (standard PEFT format)."""
+        return self.root / ADAPTER_DIR
+
+    @cached_property
+    def tokenizer(self) -> Any:  # type: ignore[override]
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(self.base_dir)
+        tok.padding_side = "left"
+        return tok
+
+    def problems(self, split: str) -> list[Problem]:
+        if split not in (*SPLITS, "corpus"):
+            raise ValueError(f"unknown split {split!r}; the embedded world has {SPLITS}")
+        if split not in self._problems:
+            self._problems[split] = load_problems(self.root / PROBLEM_DIR / f"{split}.jsonl")
+        return list(self._problems[split])
+
+    def render(self, problem: Problem, hint: str | None) -> str:
+        return render_text(problem, hint, self.config.system_prompt)
+
+    def load_base(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+                  ) -> torch.nn.Module:
+        try:
+            from probe.models import load_base_model
+        except ImportError:  # probe.models not merged yet: same thing, plain transformers
+            from transformers import Qwen3ForCausalLM
+
+            model = Qwen3ForCausalLM.from_pretrained(self.base_dir, dtype=dtype or torch.float32)
+            return model.to(device).eval()
+        return load_base_model(str(self.base_dir), device=device, dtype=dtype or torch.float32)
+
+    def load_teacher(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+                     ) -> torch.nn.Module:
+        try:
+            from probe.models import load_merged_teacher
+        except ImportError:
+            log.warning("probe.models.load_merged_teacher not available yet; merging with peft")
+            from peft import PeftModel
+
+            peft = PeftModel.from_pretrained(self.load_base(device, dtype), self.teacher_adapter_dir)
+            return peft.merge_and_unload().eval()
+        return load_merged_teacher(self.load_base(device, dtype), str(self.teacher_adapter_dir),
+                                   device=device, dtype=dtype or torch.float32,
+                                   base_id=self.model_id)
+
+    def contrastive_pairs(self, split: str = "train", hint: str | None = "simple_overwrite_tests",
+                          seed: int = 0) -> list[Pair]:
+        return build_pairs(self.problems(split)[: self.n_pair_problems], self.render, hint,
+                           seed=seed)
+
+
+def _load(root: Path, cfg: EmbeddedWorldConfig) -> EmbeddedWorld:
+    meta = json.loads((root / META).read_text())
+    return EmbeddedWorld(name="embedded", root=root, config=cfg, meta=meta)
+
+
+def build_embedded_world(config: EmbeddedWorldConfig | None = None, *, out_dir: str | Path = "out",
+                         refresh: bool = False) -> EmbeddedWorld:
+    """Build (or load the cached) embedded world for `config` under `out_dir/world/<hash>/`.
+
+    xdist-safe: one process builds under the lock, the others wait and then load. With
+    `refresh`, a build finished by another process after this call began counts as fresh.
+    """
+    cfg = config or EmbeddedWorldConfig()
+    root = Path(out_dir) / "world" / cfg.hash()
+    meta = root / META
+    if meta.is_file() and not refresh:
+        return _load(root, cfg)
+    asked = time.time()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if meta.is_file() and (not refresh or meta.stat().st_mtime >= asked):
+            return _load(root, cfg)
+        if meta.is_file():
+            meta.unlink()  # the completion mark goes first: no reader trusts a half-rebuilt dir
+        log.info("building embedded world %s (config %s)", root, cfg.hash())
+        build_world_dir(cfg, root)
+        return _load(root, cfg)
