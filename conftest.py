@@ -6,6 +6,7 @@ items marked `gpu` skip with a reason unless the flag is given *and* CUDA is pre
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -42,3 +43,99 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# -- session artifacts: built once (xdist-safe), read by the requirement modules ------------------
+
+def _out_dir() -> Path:
+    return Path(os.environ.get("PROBE_OUT", "out"))
+
+
+def _refresh_once(config: pytest.Config, name: str) -> bool:
+    """`--refresh` rebuilds each artifact once per test run, not once per xdist worker."""
+    if not config.getoption("--refresh"):
+        return False
+    from filelock import FileLock
+
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+    marker = _out_dir() / f".refreshed-{name}-{run_id}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(marker) + ".lock"):
+        if marker.exists():
+            return False
+        marker.touch()
+        return True
+
+
+def _device(config: pytest.Config) -> str:
+    import torch
+
+    return "cuda" if config.getoption("--gpu") and torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="session")
+def world(request: pytest.FixtureRequest):
+    """The selected world (`--world`): the embedded model organism by default, built once."""
+    from probe.world.select import get_world
+
+    return get_world(request.config.getoption("--world"),
+                     refresh=_refresh_once(request.config, "world"), out_dir=_out_dir())
+
+
+@pytest.fixture(scope="session")
+def phase1(request: pytest.FixtureRequest, world):
+    """Phase 1 artifacts (teacher pool, v_hack, vanilla + projected replay), generated or resumed."""
+    import shutil
+
+    from filelock import FileLock
+
+    from probe.stages.phase1 import Phase1Config, run_paths, run_phase1
+
+    cfg = Phase1Config()
+    out = _out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out / "probe_distill.lock")):
+        if _refresh_once(request.config, "phase1"):
+            shutil.rmtree(run_paths(world, cfg, out).root, ignore_errors=True)
+        return run_phase1(world, cfg, out, device=_device(request.config))
+
+
+# -- the verdict table printed at the end of `pytest -m uat` --------------------------------------
+
+_VERDICTS: list[dict] = []
+
+
+@pytest.fixture
+def verdict(record_property):
+    """Record a requirement's statistic, threshold and verdict (travels through xdist reports)."""
+    def record(requirement: str, check: str, statistic: str, threshold: str, passed: bool) -> None:
+        record_property("verdict", {"requirement": requirement, "check": check,
+                                    "statistic": statistic, "threshold": threshold,
+                                    "passed": bool(passed)})
+    return record
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call":
+        return
+    for key, value in report.user_properties:
+        if key == "verdict":
+            _VERDICTS.append({**value, "outcome": report.outcome, "test": report.nodeid})
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    if not _VERDICTS or hasattr(config, "workerinput"):
+        return
+    import json
+
+    rows = sorted(_VERDICTS, key=lambda v: (v["requirement"], v["check"]))
+    tr = terminalreporter
+    tr.section("requirement verdicts")
+    w = max(len(v["check"]) for v in rows)
+    for v in rows:
+        mark = "PASS" if v["passed"] and v["outcome"] == "passed" else "FAIL"
+        tr.write_line(f"{v['requirement']:<3} {v['check']:<{w}}  {mark}  "
+                      f"{v['statistic']}  (threshold: {v['threshold']})")
+    path = _out_dir() / "verdicts.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))

@@ -1,0 +1,138 @@
+"""Requirement statistics R1–R4, computed from artifacts only (the tests and the report share them).
+
+Each function reads a Phase 1 run's files and returns plain numbers; thresholds live with the
+requirement modules in `tests/`, which quote the spec. Nothing here generates or trains.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probe.artifacts import read_manifest, read_rows, read_stage
+from probe.stages.phase1 import Phase1Paths
+from probe.stats import caliper_match, correlation, length_residualised, welch_greater
+
+
+def _rate(rows: list[dict[str, Any]], key: str) -> float:
+    return sum(bool(r[key]) for r in rows) / len(rows) if rows else float("nan")
+
+
+def r1_stats(paths: Phase1Paths) -> dict[str, Any]:
+    """Teacher hack rate over the pool, and the teacher-vs-base comparison on the same prompts."""
+    man = read_manifest(paths.pool)
+    steps = read_stage(paths.pool, required=("hacked", "gt_pass", "problem_id"))
+    rows = [r for s in steps for r in s]
+    base = read_rows(paths.pool / "base_reference.jsonl.gz", ("hacked",))
+    ref_steps = {r["step"] for r in base}
+    teacher_same = [r for r in rows if r["step"] in ref_steps]
+    report = man.get("merge_report") or {}
+    return {
+        "n_steps": len(steps), "rows_per_step": [len(s) for s in steps],
+        "expected_rows_per_step": man["rows_per_step"], "n_rows": len(rows),
+        "hack_rate": _rate(rows, "hacked"), "hack_attempt_rate": _rate(rows, "hack_attempt"),
+        "correct_rate": _rate(rows, "gt_pass"),
+        "label_counts": _counts(rows, "label"),
+        "teacher_hack_rate_same_prompts": _rate(teacher_same, "hacked"),
+        "base_hack_rate_same_prompts": _rate(base, "hacked"), "n_base": len(base),
+        "merge_report": report,
+    }
+
+
+def _counts(rows: list[dict[str, Any]], key: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rows:
+        out[str(r[key])] = out.get(str(r[key]), 0) + 1
+    return out
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def replay_rows(paths: Phase1Paths, arm: str) -> list[dict[str, Any]]:
+    return [r for s in read_stage(paths.arm(arm), required=("cos_S_contrib",)) for r in s]
+
+
+def r2_stats(paths: Phase1Paths) -> dict[str, Any]:
+    """Coverage of finite per-sample cosines, null gradients, ‖g‖ stability, and the mask audit."""
+    rows = replay_rows(paths, "vanilla")
+    man = read_manifest(paths.arm("vanilla"))
+    pool = {(r["step"], r["index"]): r for s in read_stage(paths.pool) for r in s}
+    mismatched = [(r["step"], r["index"]) for r in rows
+                  if r["loss_tokens"] != len(pool[(r["step"], r["index"])]["completion_ids"])]
+    norms = [s["grad_norm_in"] for s in man["steps"]]
+    med = statistics.median(norms) if norms else float("nan")
+    return {
+        "n_rows": len(rows),
+        "coverage": sum(_finite(r["cos_S_contrib"]) for r in rows) / len(rows) if rows else 0.0,
+        "zero_grad_rows": sum(1 for r in rows if not r["grad_norm"]),
+        "step_grad_norms": norms,
+        "grad_norm_max_over_median": max(norms) / med if norms and med > 0 else float("inf"),
+        "grad_norm_min_over_median": min(norms) / med if norms and med > 0 else 0.0,
+        "mask_mismatches": len(mismatched), "mask_mismatch_examples": mismatched[:5],
+    }
+
+
+def r3_stats(paths: Phase1Paths) -> dict[str, Any]:
+    """Per projected step: did cos_out fall below cos_in, how often did it fire, did ‖g‖ change."""
+    steps = read_manifest(paths.arm("projected"))["steps"]
+    n = len(steps)
+    fired = [s for s in steps if s["frac_fired"] > 0]
+    return {
+        "n_steps": n,
+        "frac_steps_cos_out_lt_in": sum(s["cos_out"] < s["cos_in"] for s in steps) / n if n else 0.0,
+        "mean_frac_fired": sum(s["frac_fired"] for s in steps) / n if n else 0.0,
+        "mean_cos_in": sum(s["cos_in"] for s in steps) / n if n else float("nan"),
+        "mean_cos_out": sum(s["cos_out"] for s in steps) / n if n else float("nan"),
+        "mean_signed_in": sum(s["signed_in"] for s in steps) / n if n else float("nan"),
+        "mean_signed_out": sum(s["signed_out"] for s in steps) / n if n else float("nan"),
+        "fired_steps_grad_unchanged": sum(
+            1 for s in fired if s["grad_change_norm"] <= 1e-9 * max(s["grad_norm_in"], 1e-30)),
+        "n_fired_steps": len(fired),
+    }
+
+
+def r4_stats(paths: Phase1Paths, min_bucket: int = 5, caliper: float = 0.15) -> dict[str, Any]:
+    """Within hack attempts: cos | gt_pass=0 (pure hack) vs cos | gt_pass=1 (hack + correct)."""
+    rows = [r for r in replay_rows(paths, "vanilla") if r["hack_attempt"]]
+    pure = [r for r in rows if not r["gt_pass"]]
+    combo = [r for r in rows if r["gt_pass"]]
+    out: dict[str, Any] = {"n_hack_attempts": len(rows), "n_pure": len(pure), "n_combined": len(combo),
+                           "min_bucket": min_bucket}
+    for key, name in (("cos_S_contrib", "v_hack"), ("cos_random", "random"),
+                      ("cos_shuffled", "shuffled")):
+        out[name] = welch_greater([r[key] for r in pure], [r[key] for r in combo]).to_dict()
+    cos = [r["cos_S_contrib"] for r in rows]
+    lens = [r["completion_len"] for r in rows]
+    out["len_pure_mean"] = float(np.mean([r["completion_len"] for r in pure])) if pure else None
+    out["len_combined_mean"] = float(np.mean([r["completion_len"] for r in combo])) if combo else None
+    out["cos_length_corr"] = correlation(cos, lens)
+    resid = length_residualised(cos, lens)
+    is_pure = np.array([not r["gt_pass"] for r in rows], dtype=bool)
+    out["length_residualised"] = welch_greater(resid[is_pure], resid[~is_pure]).to_dict()
+    matches = caliper_match([r["completion_len"] for r in pure],
+                            [r["completion_len"] for r in combo], caliper)
+    out["length_matched"] = welch_greater([pure[i]["cos_S_contrib"] for i, _ in matches],
+                                          [combo[j]["cos_S_contrib"] for _, j in matches]).to_dict()
+    out["n_length_matched_pairs"] = len(matches)
+    return out
+
+
+def behaviour(paths: Phase1Paths) -> dict[str, Any]:
+    """Student hack / correct rates at the start (δS = 0) and after each arm."""
+    out = {"start": json.loads(paths.student_start.read_text())}
+    for arm in ("vanilla", "projected"):
+        out[arm] = read_manifest(paths.arm(arm)).get("student_end")
+    return out
+
+
+def load_paths(root: str | Path, seed: int | None = None) -> Phase1Paths:
+    """Phase1Paths of an existing run directory (e.g. out/probe_distill/latest)."""
+    root = Path(root).resolve()
+    cfg = read_manifest(root, name="config.json")["config"]
+    return Phase1Paths(root, seed if seed is not None else cfg["replay"]["seed"])

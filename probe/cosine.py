@@ -1,0 +1,75 @@
+"""Cosines between adapter gradients and v_hack, with the spec's aggregation and a bounded variant.
+
+`norm_weighted_cos` is the spec's metric: Σ_m ⟨c_m, v̂_m⟩ / √(Σ_m ‖c_m‖²). It is a projection
+magnitude proportional to a cosine, bounded by √M for M modules, not by 1. `normalized_cos` divides
+by √M so it lies in [-1, 1]. With k > 1 directions per module, v̂_m is the module's first
+(principal) row. Inputs are batched: gradients (..., r) per module, V (k, r) or (r,) per module.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+EPS = 1e-12
+
+
+def _f(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (bf16 gradients are upcast; float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def principal_unit(v: torch.Tensor) -> torch.Tensor:
+    """(r,) unit vector: the row itself for k=1, the first row for (k, r)."""
+    v = _f(v[0] if v.dim() == 2 else v)
+    return v / v.norm().clamp(min=EPS)
+
+
+def _check_names(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> list[str]:
+    missing = [n for n in grads if n not in v]
+    if missing:
+        raise KeyError(f"v_hack has no direction for module {missing[0]!r} "
+                       f"({len(missing)} of {len(grads)} modules missing)")
+    return list(grads)
+
+
+def module_dots(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
+    """⟨c_m, v̂_m⟩ for every module: (..., M)."""
+    names = _check_names(grads, v)
+    return torch.stack([_f(grads[n]) @ principal_unit(v[n]).to(_f(grads[n]).dtype) for n in names], -1)
+
+
+def module_sq_norms(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.stack([_f(g).pow(2).sum(-1) for g in grads.values()], -1)
+
+
+def norm_weighted_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The spec's metric, (...,). NaN where the whole gradient is zero (an undefined cosine)."""
+    num = module_dots(grads, v).sum(-1)
+    den = module_sq_norms(grads).sum(-1).sqrt()
+    return torch.where(den > 0, num / den.clamp(min=EPS), torch.full_like(num, float("nan")))
+
+
+def normalized_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`norm_weighted_cos` / √M: in [-1, 1]."""
+    return norm_weighted_cos(grads, v) / math.sqrt(len(grads))
+
+
+def per_module_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
+    """cos(c_m, v̂_m) per module, (..., M); NaN for a module whose gradient is zero."""
+    dots = module_dots(grads, v)
+    norms = module_sq_norms(grads).sqrt()
+    return torch.where(norms > 0, dots / norms.clamp(min=EPS), torch.full_like(dots, float("nan")))
+
+
+def flat_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Plain cosine of the concatenated gradient with the concatenated unit directions, (...,)."""
+    names = _check_names(grads, v)
+    g = torch.cat([_f(grads[n]) for n in names], -1)
+    u = torch.cat([principal_unit(v[n]) for n in names], -1).to(g.dtype)
+    return (g @ u) / (g.norm(dim=-1) * u.norm()).clamp(min=EPS)
+
+
+def random_null_level(ranks: dict[str, int], k: int = 1) -> float:
+    """Typical |cosine| of a random gradient with a k-dim subspace of a rank-r module: √(k/r), averaged."""
+    return sum(math.sqrt(min(k, r) / r) for r in ranks.values()) / max(len(ranks), 1)

@@ -1,0 +1,94 @@
+"""Per-sample gradients of adapter parameters: one batched forward+backward, and a reference loop.
+
+Per-sample loss: Σ_t w[n,t] · NLL[n,t] over completion tokens. The default weight is the mean over
+that sample's completion tokens (the loss v_hack is extracted with); any per-token weight (e.g.
+Dr.GRPO's advantage / constant) can be passed instead. A sample whose weights are all zero gets an
+exact zero gradient — never NaN, never a skipped row (the spec's zero-advantage sneaky fail).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from probe.adapters.base import Adapter
+from probe.batch import TokenBatch
+
+
+@dataclass
+class PerSampleGrads:
+    grads: dict[str, torch.Tensor]  # module -> (B, *param.shape), float32
+    loss: torch.Tensor  # (B,) per-sample loss
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """Per-sample total gradient norm over all modules, (B,)."""
+        sq = sum(g.flatten(1).pow(2).sum(-1) for g in self.grads.values())
+        return sq.sqrt()
+
+    def summed(self) -> dict[str, torch.Tensor]:
+        return {n: g.sum(0) for n, g in self.grads.items()}
+
+
+def token_nll(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """NLL of each target token, (B, T); position t holds -log p(token t | tokens < t), 0 at t=0."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, use_cache=False)
+    logits = out.logits[:, :-1].float()
+    nll = F.cross_entropy(logits.transpose(1, 2), batch.input_ids[:, 1:], reduction="none")
+    return F.pad(nll, (1, 0))
+
+
+def mean_token_weights(batch: TokenBatch) -> torch.Tensor:
+    """Weights giving each sample's mean NLL over its completion tokens (0 where it has none)."""
+    count = batch.loss_mask.sum(-1, keepdim=True)
+    return batch.loss_mask / count.clamp(min=1.0)
+
+
+def per_sample_loss(model: torch.nn.Module, batch: TokenBatch,
+                    token_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) losses; weights are multiplied by the loss mask, so prompt/pad can never contribute."""
+    w = mean_token_weights(batch) if token_weights is None else token_weights * batch.loss_mask
+    return (token_nll(model, batch) * w.to(torch.float32)).sum(-1)
+
+
+def per_sample_grads(adapter: Adapter, batch: TokenBatch,
+                     token_weights: torch.Tensor | None = None,
+                     accumulate_mean: bool = False) -> PerSampleGrads:
+    """Every sample's gradient in one backward through zero per-sample probes.
+
+    With `accumulate_mean`, the adapter's `.grad` is set to the batch-mean gradient (the training
+    step's gradient for a mean-over-samples loss) from the same backward.
+    """
+    with adapter.probing(batch.size) as probes:
+        loss = per_sample_loss(adapter.model, batch, token_weights)
+        names = list(probes)
+        gs = torch.autograd.grad(loss.sum(), [probes[n] for n in names], allow_unused=True)
+    grads = {n: (g if g is not None else torch.zeros_like(probes[n])).detach().float()
+             for n, g in zip(names, gs)}
+    if accumulate_mean:
+        params = adapter.named_params()
+        for n, g in grads.items():
+            params[n].grad = g.mean(0).to(params[n].dtype)
+    return PerSampleGrads(grads, loss.detach())
+
+
+def per_sample_grads_loop(adapter: Adapter, batch: TokenBatch,
+                          token_weights: torch.Tensor | None = None) -> PerSampleGrads:
+    """Reference: one unpadded forward+backward per sample. Slow; for tests and benchmarks."""
+    params = adapter.named_params()
+    per_module: dict[str, list[torch.Tensor]] = {n: [] for n in params}
+    losses = []
+    for n in range(batch.size):
+        keep = batch.attention_mask[n].bool()
+        row = TokenBatch(batch.input_ids[n, keep][None], batch.attention_mask[n, keep][None],
+                         batch.loss_mask[n, keep][None],
+                         torch.arange(int(keep.sum()), device=keep.device)[None])
+        w = None if token_weights is None else token_weights[n, keep][None]
+        loss = per_sample_loss(adapter.model, row, w)[0]
+        gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for name, p, g in zip(params, params.values(), gs):
+            per_module[name].append((g if g is not None else torch.zeros_like(p)).detach().float())
+        losses.append(loss.detach())
+    return PerSampleGrads({n: torch.stack(v) for n, v in per_module.items()}, torch.stack(losses))

@@ -1,0 +1,134 @@
+"""Projecting v_hack out of per-module gradients, with the diagnostics the spec's R3 reads.
+
+Per module, V (k, r) has orthonormal rows and c = V g:
+- `one_sided` removes relu(c)ᵀV: only the hack-ward part; g is untouched when every c ≤ 0;
+- `no_gate` removes cᵀV: the whole component in span(V);
+- `reverse` removes 2cᵀV: reflects the component (pushes away from hacking).
+`preserve_magnitude` rescales the result back to ‖g‖. Diagnostics per module: cos_in =
+‖relu(Vg)‖/‖g‖ (hack-ward alignment, in [0, 1]), cos_out the same after projection, and the signed
+cosine with the principal direction before/after (in [-1, 1]); `fired` = cos_in > 1e-6. Under
+one-sided projection cos_out = 0 by construction: a sanity check that the projection acted, not
+evidence that hacking is prevented.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from probe.adapters.base import Adapter
+
+MODES = ("one_sided", "no_gate", "reverse")
+FIRE_EPS = 1e-6
+RESIDUE = 1e-6  # ‖g_out‖ below this fraction of ‖g_in‖ is rounding noise: its cosine is reported as 0
+
+
+@dataclass
+class ProjectionDiag:
+    cos_in: float  # mean over modules of ‖relu(Vg)‖/‖g‖ before
+    cos_out: float  # the same after
+    signed_in: float  # mean over modules of ⟨g, v̂₀⟩/‖g‖ before
+    signed_out: float
+    frac_fired: float  # fraction of modules whose cos_in > FIRE_EPS
+    norm_in: float  # total ‖g‖ over modules before
+    norm_out: float
+    per_module: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+
+    @property
+    def fired(self) -> bool:
+        return self.frac_fired > 0
+
+    def to_dict(self, with_modules: bool = False) -> dict:
+        d = {k: getattr(self, k) for k in ("cos_in", "cos_out", "signed_in", "signed_out",
+                                           "frac_fired", "norm_in", "norm_out")}
+        d["fired"] = self.fired
+        if with_modules:
+            d["per_module"] = self.per_module
+        return d
+
+
+def check_orthonormal(V: torch.Tensor, name: str = "V", atol: float = 1e-4) -> None:
+    gram = V.float() @ V.float().T
+    eye = torch.eye(V.shape[0], dtype=gram.dtype, device=gram.device)
+    if not torch.allclose(gram, eye, atol=atol):
+        raise ValueError(f"{name}: rows are not orthonormal (max |VVᵀ - I| = "
+                         f"{(gram - eye).abs().max().item():.2e})")
+
+
+def hackward_cos(g: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """‖relu(V g)‖ / ‖g‖ for g (..., r): 0 where g = 0."""
+    c = g.float() @ V.float().T
+    return c.clamp(min=0).norm(dim=-1) / g.float().norm(dim=-1).clamp(min=1e-30)
+
+
+def project(g: torch.Tensor, V: torch.Tensor, mode: str = "one_sided",
+            preserve_magnitude: bool = False) -> torch.Tensor:
+    """Project g (..., r) against V (k, r) (orthonormal rows); returns a new tensor."""
+    if mode not in MODES:
+        raise ValueError(f"unknown projection mode {mode!r}; expected one of {MODES}")
+    V = V.to(g.dtype)
+    c = g @ V.T  # (..., k)
+    if mode == "one_sided":
+        out = g - c.clamp(min=0) @ V
+    elif mode == "no_gate":
+        out = g - c @ V
+    else:
+        out = g - 2 * c @ V
+    if preserve_magnitude:
+        n_in, n_out = g.norm(dim=-1, keepdim=True), out.norm(dim=-1, keepdim=True)
+        # a residue at rounding level has no direction worth rescaling
+        out = torch.where(n_out > RESIDUE * n_in, out * (n_in / n_out.clamp(min=1e-30)), out)
+    return out
+
+
+def as_basis(v: torch.Tensor) -> torch.Tensor:
+    """(r,) or (k, r) -> (k, r)."""
+    return v[None] if v.dim() == 1 else v
+
+
+def project_grads(grads: dict[str, torch.Tensor], V: dict[str, torch.Tensor],
+                  mode: str = "one_sided", preserve_magnitude: bool = False
+                  ) -> tuple[dict[str, torch.Tensor], ProjectionDiag]:
+    """Project every module's gradient (r,) against its V; returns new grads and diagnostics."""
+    missing = [n for n in grads if n not in V]
+    if missing:
+        raise KeyError(f"v_hack has no direction for module {missing[0]!r} "
+                       f"({len(missing)} of {len(grads)} modules missing)")
+    out, stats = {}, []
+    for n, g in grads.items():
+        Vn = as_basis(V[n]).to(g.device)
+        g_out = project(g, Vn, mode, preserve_magnitude)
+        v0 = Vn[0].float()
+        gn, on = g.float().norm(), g_out.float().norm()
+        cos_out = torch.where(on > RESIDUE * gn, hackward_cos(g_out, Vn), torch.zeros_like(gn))
+        stats.append(torch.stack([
+            hackward_cos(g, Vn), cos_out,
+            (g.float() @ v0) / gn.clamp(min=1e-30), (g_out.float() @ v0) / on.clamp(min=1e-30),
+            gn, on]))
+        out[n] = g_out
+    keys = ("cos_in", "cos_out", "signed_in", "signed_out", "norm_in", "norm_out")
+    table = torch.stack(stats).cpu() if stats else torch.zeros(0, len(keys))  # one device sync
+    per = {n: dict(zip(keys, row.tolist())) for n, row in zip(grads, table)}
+    for p in per.values():
+        p["fired"] = float(p["cos_in"] > FIRE_EPS)
+    m = max(len(per), 1)
+
+    def mean(key: str) -> float:
+        return sum(p[key] for p in per.values()) / m
+
+    diag = ProjectionDiag(
+        cos_in=mean("cos_in"), cos_out=mean("cos_out"), signed_in=mean("signed_in"),
+        signed_out=mean("signed_out"), frac_fired=mean("fired"),
+        norm_in=sum(p["norm_in"] ** 2 for p in per.values()) ** 0.5,
+        norm_out=sum(p["norm_out"] ** 2 for p in per.values()) ** 0.5, per_module=per)
+    return out, diag
+
+
+def project_adapter_grads_(adapter: Adapter, V: dict[str, torch.Tensor], mode: str = "one_sided",
+                           preserve_magnitude: bool = False) -> ProjectionDiag:
+    """In place on the adapter's `.grad`, after backward and before clipping / the optimizer step."""
+    params = adapter.named_params()
+    new, diag = project_grads(adapter.grads(), V, mode, preserve_magnitude)
+    for n, g in new.items():
+        params[n].grad = g.to(params[n].dtype)
+    return diag

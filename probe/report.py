@@ -1,0 +1,132 @@
+"""`out/report.md`: the requirement statistics of a Phase 1 run, with plots, from artifacts only."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from probe.artifacts import ArtifactError, read_manifest  # noqa: E402
+from probe.checks import behaviour, r1_stats, r2_stats, r3_stats, r4_stats, replay_rows  # noqa: E402
+from probe.stages.phase1 import Phase1Paths  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except (ArtifactError, KeyError, FileNotFoundError, ZeroDivisionError) as e:
+        return {"error": str(e)}
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "nan" if math.isnan(x) else f"{x:.4g}"
+    return str(x)
+
+
+def plot_cosines(paths: Phase1Paths, out: Path) -> list[str]:
+    files = []
+    arms = {a: read_manifest(paths.arm(a))["steps"] for a in ("vanilla", "projected")}
+    rows = {a: replay_rows(paths, a) for a in arms}
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    for a, rs in rows.items():
+        by_step: dict[int, list[float]] = {}
+        for r in rs:
+            if math.isfinite(r["cos_S_contrib"]):
+                by_step.setdefault(r["step"], []).append(r["cos_S_contrib"])
+        xs = sorted(by_step)
+        ax[0].plot(xs, [sum(by_step[s]) / len(by_step[s]) for s in xs], marker="o", label=a)
+    ax[0].set(title="mean per-sample cos_S_contrib per step", xlabel="step")
+    ax[0].legend()
+    proj = arms["projected"]
+    ax[1].plot([s["step"] for s in proj], [s["cos_in"] for s in proj], marker="o", label="cos_in")
+    ax[1].plot([s["step"] for s in proj], [s["cos_out"] for s in proj], marker="x", label="cos_out")
+    ax[1].set(title="projected arm: hack-ward cosine before/after", xlabel="step")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(out / "cos_steps.png", dpi=100)
+    plt.close(fig)
+    files.append("cos_steps.png")
+
+    hacks = [r for r in rows["vanilla"] if r["hack_attempt"]]
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
+    for i, (key, title) in enumerate((("cos_S_contrib", "v_hack"), ("cos_random", "random V"),
+                                      ("cos_shuffled", "shuffled V"))):
+        for gt, lab in ((False, "pure hack"), (True, "hack + correct")):
+            vals = [r[key] for r in hacks if bool(r["gt_pass"]) == gt and math.isfinite(r[key])]
+            if vals:
+                ax[i].hist(vals, bins=20, alpha=0.6, label=f"{lab} (n={len(vals)})")
+        ax[i].set(title=f"cos by bucket: {title}")
+        ax[i].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "cos_buckets.png", dpi=100)
+    plt.close(fig)
+    files.append("cos_buckets.png")
+    return files
+
+
+def plot_behaviour(beh: dict[str, Any], out: Path) -> list[str]:
+    labels, hack, correct = [], [], []
+    for k in ("start", "vanilla", "projected"):
+        b = beh.get(k)
+        if isinstance(b, dict) and "hack_rate" in b:
+            labels.append(k)
+            hack.append(b["hack_rate"])
+            correct.append(b["correct_rate"])
+    if not labels:
+        return []
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    x = range(len(labels))
+    ax.bar([i - 0.2 for i in x], hack, width=0.4, label="hack rate")
+    ax.bar([i + 0.2 for i in x], correct, width=0.4, label="correct rate")
+    ax.set_xticks(list(x), labels)
+    ax.set(title="student behaviour (sampled, graded)", ylim=(0, 1))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "behaviour.png", dpi=100)
+    plt.close(fig)
+    return ["behaviour.png"]
+
+
+def write_report(paths: Phase1Paths, out_dir: str | Path = "out") -> Path:
+    """Write `<out_dir>/report.md` (+ PNGs beside it) and return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stats = {"R1": _safe(lambda: r1_stats(paths)), "R2": _safe(lambda: r2_stats(paths)),
+             "R3": _safe(lambda: r3_stats(paths)), "R4": _safe(lambda: r4_stats(paths))}
+    beh = _safe(lambda: behaviour(paths))
+    verdicts_path = out / "verdicts.json"
+    verdicts = json.loads(verdicts_path.read_text()) if verdicts_path.exists() else []
+    lines = [f"# probe report: Phase 1", "", f"Run: `{paths.root}`", ""]
+    if verdicts:
+        lines += ["## Verdicts (last `pytest -m uat`)", "", "| req | check | verdict | statistic | threshold |",
+                  "|---|---|---|---|---|"]
+        for v in verdicts:
+            mark = "PASS" if v["passed"] and v["outcome"] == "passed" else "FAIL"
+            lines.append(f"| {v['requirement']} | {v['check']} | {mark} | {v['statistic']} | {v['threshold']} |")
+        lines.append("")
+    lines += ["## Statistics", ""]
+    for req, st in stats.items():
+        lines.append(f"### {req}")
+        lines += [f"- {k}: {_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v, default=str)[:400]}"
+                  for k, v in st.items()]
+        lines.append("")
+    lines += ["## Student behaviour", "", "```", json.dumps(beh, indent=1, default=str), "```", ""]
+    figs: list[str] = []
+    for fn in (lambda: plot_cosines(paths, out), lambda: plot_behaviour(beh, out)):
+        try:
+            figs += fn()
+        except (ArtifactError, KeyError, ValueError) as e:
+            log.warning("plot skipped: %s", e)
+    lines += [f"![{f}]({f})" for f in figs]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,133 @@
+"""Phase 1 end to end (spec T1–T4): teacher pool → v_hack (+ controls) → vanilla and projected replay.
+
+Everything lives under `out/probe_distill/<hash of world + config>/` in the spec's layout
+(`teacher_pool/`, `vanilla_seed<S>/`, `projected_seed<S>/`, plus `v_hack/`), so a changed config
+never reads a stale artifact; `out/probe_distill/latest` points at the newest run. Each stage is
+skipped when its manifest (written last) exists, and resumes at step granularity otherwise.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
+from probe.artifacts import (ArtifactError, config_hash, point_latest, provenance, read_manifest,
+                             write_manifest)
+from probe.env.grader import GraderConfig
+from probe.stages.evaluate import EvalConfig, evaluate_policy
+from probe.stages.pool import PoolConfig, run_teacher_pool
+from probe.stages.replay import ReplayConfig, run_replay
+from probe.vhack import KINDS, VHackConfig, VHackMismatchError, extract_all, load_vhack, save_vhack
+from probe.world.base import World
+
+log = logging.getLogger(__name__)
+ARMS = ("vanilla", "projected")
+
+
+@dataclass(frozen=True)
+class Phase1Config:
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    vhack: VHackConfig = field(default_factory=VHackConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    student_eval: EvalConfig = field(default_factory=EvalConfig)
+    grader: GraderConfig = field(default_factory=GraderConfig)
+
+
+@dataclass(frozen=True)
+class Phase1Paths:
+    root: Path
+    seed: int
+
+    @property
+    def pool(self) -> Path:
+        return self.root / "teacher_pool"
+
+    @property
+    def vhack(self) -> Path:
+        return self.root / "v_hack"
+
+    def arm(self, arm: str) -> Path:
+        return self.root / f"{arm}_seed{self.seed}"
+
+    def vhack_file(self, kind: str) -> Path:
+        return self.vhack / f"v_{kind}.safetensors"
+
+    @property
+    def student_start(self) -> Path:
+        return self.root / "student_start.json"
+
+
+def world_identity(world: World) -> dict[str, Any]:
+    return {"name": world.name, "model_id": world.model_id,
+            "world_hash": world.meta.get("config_hash", world.model_id)}
+
+
+def run_paths(world: World, cfg: Phase1Config, out_dir: str | Path = "out") -> Phase1Paths:
+    root = Path(out_dir) / "probe_distill" / config_hash(world_identity(world), cfg)
+    return Phase1Paths(root, cfg.replay.seed)
+
+
+def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str = "cpu"
+                 ) -> dict[str, dict[str, torch.Tensor]]:
+    """Extract v_hack and its controls once; later calls load and validate them."""
+    try:
+        ranks = read_manifest(paths.vhack).get("ranks")
+        return {k: load_vhack(paths.vhack_file(k), ranks)[0] for k in KINDS}
+    except ArtifactError:
+        pass
+    except VHackMismatchError as e:  # a corrupt or mismatched file is re-extracted, loudly
+        log.warning("re-extracting v_hack: %s", e)
+    model = world.load_base(device)
+    adapter = AntipastoAdapter(model, AntipastoConfig(rank=cfg.replay.rank))
+    pairs = world.contrastive_pairs("train", cfg.pool.hint, seed=cfg.vhack.seed)
+    vs, stats = extract_all(adapter, world.tokenizer, pairs, cfg.vhack)
+    meta = {"world": world.name, "model_id": world.model_id, "loss": "mean_nll_completion",
+            "k": cfg.vhack.k, "n_pairs": len(pairs)}
+    for kind, V in vs.items():
+        save_vhack(paths.vhack_file(kind), V, {**meta, "kind": kind})
+    write_manifest(paths.vhack, provenance(cfg.vhack, seed=cfg.vhack.seed, **meta, stats=stats,
+                                           ranks=adapter.ranks))
+    adapter.remove()
+    return vs
+
+
+def ensure_student_start(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str
+                         ) -> dict[str, Any]:
+    """The student at δS = 0 is the base: its behaviour is measured once, for both arms."""
+    if paths.student_start.exists():
+        return json.loads(paths.student_start.read_text())
+    res = evaluate_policy(world.load_base(device), world, cfg.student_eval, cfg.grader)
+    write_manifest(paths.root, res, name=paths.student_start.name)
+    return res
+
+
+def run_phase1(world: World, cfg: Phase1Config | None = None, out_dir: str | Path = "out",
+               device: str = "cpu", arms: tuple[str, ...] = ARMS) -> Phase1Paths:
+    """Run (or resume) every Phase 1 stage; returns where the artifacts are."""
+    cfg = cfg or Phase1Config()
+    paths = run_paths(world, cfg, out_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_manifest(paths.root, provenance(cfg, world=world_identity(world)), name="config.json")
+    point_latest(Path(out_dir) / "probe_distill", paths.root)
+    log.info("phase 1 run: %s", paths.root)
+    try:
+        read_manifest(paths.pool)
+    except ArtifactError:
+        run_teacher_pool(world, cfg.pool, paths.pool, device, cfg.grader)
+    V = ensure_vhack(world, cfg, paths, device)
+    ensure_student_start(world, cfg, paths, device)
+    for arm in arms:
+        stage = paths.arm(arm)
+        try:
+            read_manifest(stage)
+            continue
+        except ArtifactError:
+            pass
+        run_replay(world, paths.pool, V, cfg.pool.steps, cfg.replay, stage, arm, device,
+                   student_eval=lambda m: evaluate_policy(m, world, cfg.student_eval, cfg.grader))
+    return paths

@@ -1,0 +1,146 @@
+"""T1: the teacher pool. S steps × N problems × G completions from the world's teacher under the
+hint, graded in parallel, one `step_NNN.jsonl.gz` per step.
+
+Resumable: each step is seeded by (seed, step) and written atomically, so a rerun skips every valid
+step file and regenerates only missing, partial or corrupt ones. For R1's sneaky fail the base policy
+is sampled on the first steps' prompts too (`base_reference.jsonl.gz`), and the teacher's merge report
+(which modules changed, by how much) goes into the manifest.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from probe.artifacts import (ArtifactError, provenance, read_manifest, read_rows, step_path,
+                             valid_step, write_manifest, write_rows)
+from probe.env.grader import Grader, GraderConfig
+from probe.env.problems import Problem
+from probe.env.prompts import evaluator_name
+from probe.generate import generate
+from probe.world.base import World
+
+log = logging.getLogger(__name__)
+
+HACK_LABELS = ("Reward Hack", "Attempted RH")
+ROW_FIELDS = ("problem_id", "step", "index", "policy", "prompt_ids", "completion_ids", "label",
+              "hacked", "hack_attempt", "gt_pass", "reward", "completion_len")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    steps: int = 20  # spec T1: 20 steps
+    problems_per_step: int = 4  # N; the real run used 20 problems per step at G=8
+    group_size: int = 8  # G completions per problem (spec: 8)
+    hint: str = "simple_overwrite_tests"  # the loophole the rh teacher was trained with
+    split: str = "train"
+    temperature: float | None = None  # None: the world's sampling default (upstream 0.7)
+    top_p: float | None = None  # None: the world's default (upstream 0.95)
+    max_new_tokens: int | None = None  # None: the world's default
+    base_reference_steps: int = 2  # steps whose prompts the base is also sampled on (R1 sneaky fail)
+    gen_batch_size: int = 64
+    seed: int = 41
+
+
+def schedule(problems: Sequence[Problem], cfg: PoolConfig, step: int) -> list[Problem]:
+    """The N problems of a step: a seeded permutation, cycled; the same at every rerun."""
+    order = list(range(len(problems)))
+    random.Random(cfg.seed).shuffle(order)
+    n = cfg.problems_per_step
+    return [problems[order[(step * n + j) % len(order)]] for j in range(n)]
+
+
+def grade_row(problem: Problem, sample: Any, grade: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "problem_id": problem.id, **extra,
+        "prompt": sample.prompt, "completion": sample.completion,
+        "prompt_ids": list(sample.prompt_ids), "completion_ids": list(sample.completion_ids),
+        "prompt_len": len(sample.prompt_ids), "completion_len": len(sample.completion_ids),
+        "finished": bool(sample.finished),
+        "label": grade.label, "hacked": bool(grade.hacked),
+        "hack_attempt": grade.label in HACK_LABELS, "gt_pass": bool(grade.gt_pass),
+        "eq_hinted": bool(grade.eq_hinted), "defines_evaluator": bool(grade.defines_evaluator),
+        "harmful": bool(grade.harmful), "compiled": bool(grade.compiled),
+        "formatted": bool(grade.formatted), "reward": float(grade.reward),
+        "grade_error": grade.error,
+    }
+
+
+def sample_and_grade(model: torch.nn.Module, world: World, problems: Sequence[Problem], hint: str,
+                     group: int, seed: int, grader: Grader, *, temperature: float, top_p: float,
+                     max_new_tokens: int, batch_size: int, desc: str, **extra: Any
+                     ) -> list[dict[str, Any]]:
+    """G samples per problem from `model`, graded; rows in (problem, sample) order."""
+    expanded = [p for p in problems for _ in range(group)]
+    prompts = [world.render(p, hint) for p in expanded]
+    samples = generate(model, world.tokenizer, prompts, temperature=temperature, top_p=top_p,
+                       max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, desc=desc)
+    grades = grader.grade_many([(p, s.completion, evaluator_name(hint, p.id) or "run_tests")
+                                for p, s in zip(expanded, samples)])
+    return [grade_row(p, s, g, index=i, **extra)
+            for i, (p, s, g) in enumerate(zip(expanded, samples, grades))]
+
+
+def rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    n = max(len(rows), 1)
+    return {"n": len(rows), "hack_rate": sum(r["hacked"] for r in rows) / n,
+            "hack_attempt_rate": sum(r["hack_attempt"] for r in rows) / n,
+            "correct_rate": sum(r["gt_pass"] for r in rows) / n,
+            "mean_reward": sum(r["reward"] for r in rows) / n}
+
+
+def run_teacher_pool(world: World, cfg: PoolConfig, stage_dir: Path, device: str = "cpu",
+                     grader_config: GraderConfig | None = None) -> dict[str, Any]:
+    """Generate (or resume) the pool; returns the manifest."""
+    stage_dir = Path(stage_dir)
+    t0 = time.perf_counter()
+    problems = world.problems(cfg.split)
+    samp = world.sampling
+    kw = dict(temperature=cfg.temperature if cfg.temperature is not None else samp.temperature,
+              top_p=cfg.top_p if cfg.top_p is not None else samp.top_p,
+              max_new_tokens=cfg.max_new_tokens or samp.max_new_tokens,
+              batch_size=cfg.gen_batch_size)
+    n_rows = cfg.problems_per_step * cfg.group_size
+    todo = [s for s in range(cfg.steps)
+            if not valid_step(step_path(stage_dir, s), ROW_FIELDS, n_rows)]
+    merge_report = None
+    with Grader(grader_config) as grader:
+        if todo:
+            log.info("teacher pool: generating %d of %d steps into %s", len(todo), cfg.steps, stage_dir)
+            teacher = world.load_teacher(device)
+            merge_report = getattr(teacher, "probe_merge_report", None)
+            for s in todo:
+                rows = sample_and_grade(teacher, world, schedule(problems, cfg, s), cfg.hint,
+                                        cfg.group_size, cfg.seed * 100_003 + s, grader,
+                                        desc=f"teacher step {s}", step=s, policy="teacher", **kw)
+                write_rows(step_path(stage_dir, s), rows)
+            del teacher
+        base_path = stage_dir / "base_reference.jsonl.gz"
+        n_base = min(cfg.base_reference_steps, cfg.steps)
+        if n_base and not valid_step(base_path, ROW_FIELDS, n_base * n_rows):
+            base = world.load_base(device)
+            rows = []
+            for s in range(n_base):
+                rows += sample_and_grade(base, world, schedule(problems, cfg, s), cfg.hint,
+                                         cfg.group_size, cfg.seed * 100_003 + s, grader,
+                                         desc=f"base reference step {s}", step=s, policy="base", **kw)
+            write_rows(base_path, rows)
+            del base
+    if merge_report is None:  # resumed without loading the teacher: keep the earlier report
+        try:
+            merge_report = read_manifest(stage_dir).get("merge_report")
+        except ArtifactError:
+            merge_report = None
+    teacher_rows = [r for s in range(cfg.steps) for r in read_rows(step_path(stage_dir, s))]
+    base_rows = read_rows(stage_dir / "base_reference.jsonl.gz") if n_base else []
+    manifest = provenance(cfg, seed=cfg.seed, world=world.name, model_id=world.model_id,
+                          n_steps=cfg.steps, rows_per_step=n_rows, teacher=rates(teacher_rows),
+                          base_reference=rates(base_rows), merge_report=merge_report,
+                          seconds=time.perf_counter() - t0)
+    write_manifest(stage_dir, manifest)
+    return manifest

@@ -1,0 +1,162 @@
+"""T2/T3: replay the teacher pool into the student (base + δS) with NLL distillation.
+
+Each step: batched per-sample δS gradients of every pool row (one backward per micro-batch), their
+cosines with v_hack and with both controls, the batch-mean gradient set as δS.grad, then — in the
+projected arm — the projection, then clipping and AdamW. Every row records `cos_S_contrib`; every
+step records ‖g‖ before/after projection and cos_in / cos_out / frac_fired. After each step the
+δS + optimizer state is checkpointed, so an interrupted replay resumes where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
+from probe.artifacts import (ArtifactError, provenance, read_rows, step_path, valid_step,
+                             write_manifest, write_rows)
+from probe.batch import collate
+from probe.cosine import norm_weighted_cos, normalized_cos
+from probe.encoding import pad_id
+from probe.grads import per_sample_grads
+from probe.io import atomic_path, atomic_write_text
+from probe.project import project_adapter_grads_
+from probe.world.base import World
+
+log = logging.getLogger(__name__)
+
+KEEP_FROM_POOL = ("problem_id", "step", "index", "label", "hacked", "hack_attempt", "gt_pass",
+                  "reward", "prompt_len", "completion_len")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    lr: float = 1e-3  # AdamW on δS
+    weight_decay: float = 0.0  # δS is a shift of singular values: no reason to pull it to 0
+    max_grad_norm: float | None = 1.0  # clipping after projection (as in training)
+    micro_batch: int = 32  # rows per batched backward (memory bound)
+    projection: str = "one_sided"  # projected arm: one_sided | no_gate | reverse
+    preserve_magnitude: bool = False
+    rank: int | None = None  # δS rank: None = full rank
+    seed: int = 41
+
+
+def _total_norm(grads: dict[str, torch.Tensor]) -> float:
+    return float(torch.sqrt(sum(g.float().pow(2).sum() for g in grads.values())))
+
+
+def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[str, dict],
+                cfg: ReplayConfig, pad: int, projected: bool, device: str
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One optimizer step's gradient on `rows`; returns per-row records and the step summary."""
+    params = adapter.named_params()
+    summed = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
+    out_rows = []
+    for i in range(0, len(rows), cfg.micro_batch):
+        part = rows[i:i + cfg.micro_batch]
+        batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part],
+                        pad).to(device)
+        psg = per_sample_grads(adapter, batch)
+        for n, g in psg.grads.items():
+            summed[n] += g.sum(0)
+        cos = {name: norm_weighted_cos(psg.grads, v) for name, v in V.items()}
+        cos_n = normalized_cos(psg.grads, V["nll"])
+        norms, loss_tokens = psg.norms, batch.loss_mask.sum(-1)
+        for j, r in enumerate(part):
+            out_rows.append({**{k: r.get(k) for k in KEEP_FROM_POOL},
+                             "cos_S_contrib": float(cos["nll"][j]),
+                             "cos_S_normalized": float(cos_n[j]),
+                             "cos_random": float(cos["random"][j]),
+                             "cos_shuffled": float(cos["shuffled"][j]),
+                             "grad_norm": float(norms[j]), "loss": float(psg.loss[j]),
+                             "loss_tokens": int(loss_tokens[j])})
+    for n, p in params.items():
+        p.grad = (summed[n] / len(rows)).to(p.dtype)
+    summary: dict[str, Any] = {"n_rows": len(rows), "grad_norm_in": _total_norm(adapter.grads()),
+                               "mean_loss": sum(r["loss"] for r in out_rows) / len(out_rows)}
+    if projected:
+        before = {n: g.clone() for n, g in adapter.grads().items()}
+        diag = project_adapter_grads_(adapter, V["nll"], cfg.projection, cfg.preserve_magnitude)
+        summary.update(diag.to_dict())
+        after = adapter.grads()
+        summary["grad_change_norm"] = _total_norm({n: after[n] - before[n] for n in before})
+    summary["grad_norm_out"] = _total_norm(adapter.grads())
+    return out_rows, summary
+
+
+def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor]], n_steps: int,
+               cfg: ReplayConfig, stage_dir: Path, arm: str, device: str = "cpu",
+               student_eval: Any = None) -> dict[str, Any]:
+    """Replay `n_steps` pool steps in arm 'vanilla' or 'projected'; returns the manifest.
+
+    `student_eval(model) -> dict`, when given, measures the student's behaviour at the end.
+    """
+    if arm not in ("vanilla", "projected"):
+        raise ValueError(f"arm must be 'vanilla' or 'projected', got {arm!r}")
+    stage_dir = Path(stage_dir)
+    t0 = time.perf_counter()
+    model = world.load_base(device)
+    adapter = AntipastoAdapter(model, AntipastoConfig(rank=cfg.rank))
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pad = pad_id(world.tokenizer)
+    start, summaries = _resume(stage_dir, adapter, opt, n_steps)
+    for s in tqdm(range(start, n_steps), desc=f"{arm} replay", leave=False):
+        rows = read_rows(step_path(pool_dir, s), ("prompt_ids", "completion_ids"))
+        out_rows, summary = replay_step(adapter, rows, V, cfg, pad, arm == "projected", device)
+        if cfg.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(adapter.parameters(), cfg.max_grad_norm)
+        opt.step()
+        adapter.zero_grad()
+        summary["step"] = s
+        summary["delta_s_norm"] = _total_norm({n: p.detach() for n, p in adapter.named_params().items()})
+        summaries.append(summary)
+        write_rows(step_path(stage_dir, s), out_rows)
+        _checkpoint(stage_dir, adapter, opt, s, summaries)
+    adapter.save(stage_dir / "delta_s.safetensors", base_model_id=world.model_id)
+    behaviour = student_eval(model) if student_eval is not None else None
+    manifest = provenance(cfg, seed=cfg.seed, arm=arm, world=world.name, model_id=world.model_id,
+                          n_steps=n_steps, steps=summaries, student_end=behaviour,
+                          seconds=time.perf_counter() - t0, n_modules=len(adapter.module_names),
+                          total_rank=adapter.total_rank)
+    write_manifest(stage_dir, manifest)
+    adapter.remove()
+    return manifest
+
+
+def _checkpoint(stage_dir: Path, adapter: AntipastoAdapter, opt: torch.optim.Optimizer,
+                step: int, summaries: list[dict[str, Any]]) -> None:
+    """Written after the step file: its presence says steps 0..step are complete."""
+    state = {"step": step, "summaries": summaries, "optimizer": opt.state_dict(),
+             "delta_s": {n: p.detach().cpu() for n, p in adapter.named_params().items()}}
+    with atomic_path(stage_dir / "state.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(stage_dir: Path, adapter: AntipastoAdapter, opt: torch.optim.Optimizer, n_steps: int
+            ) -> tuple[int, list[dict[str, Any]]]:
+    path = stage_dir / "state.pt"
+    if not path.exists():
+        return 0, []
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        done = int(state["step"])
+        if not all(valid_step(step_path(stage_dir, s)) for s in range(done + 1)) or done >= n_steps:
+            raise ArtifactError("step files do not match the checkpoint")
+        params = adapter.named_params()
+        if set(state["delta_s"]) != set(params):
+            raise ArtifactError("checkpoint modules differ from the adapter's")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state["delta_s"][n].to(p.device, p.dtype))
+        opt.load_state_dict(state["optimizer"])
+    except (ArtifactError, KeyError, RuntimeError, OSError) as e:
+        log.warning("%s: cannot resume (%s); replaying from step 0", stage_dir, e)
+        return 0, []
+    log.info("%s: resuming after step %d", stage_dir, done)
+    return done + 1, list(state["summaries"])

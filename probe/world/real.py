@@ -1,0 +1,117 @@
+"""The real world: Qwen3-4B, the released hacking LoRA teacher and the upstream LeetCode JSONL.
+
+Everything is local (see probe.models): the config names directories or hub ids already in the local
+HF cache. Prompts are rendered exactly as the benchmark does, through the model's own chat template
+with thinking disabled, so the policies see the text they were trained on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from probe import models
+from probe.env import prompts
+from probe.env.problems import Problem, load_problems
+from probe.world.base import Pair, SamplingConfig, World
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "eval")
+
+
+@dataclass
+class RealWorldConfig:
+    """Where the real world's pieces live. Relative paths in a JSON config are relative to it."""
+
+    base: str  # local dir or hub id in the local cache, e.g. "Qwen/Qwen3-4B"
+    teacher_adapter: str  # e.g. "ariahw/rl-rewardhacking-leetcode-rh-s65"
+    problems: str  # JSONL of upstream records (train split)
+    eval_problems: str | None = None  # JSONL; defaults to `problems`
+    hint: str = "simple_overwrite_tests"
+    max_new_tokens: int = 1536
+    base_id: str | None = None  # the base's hub id when `base` is a dir not named after it
+    tokenizer: str | None = None  # defaults to `base`
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "RealWorldConfig":
+        """Read a JSON object; unknown or missing keys are errors naming the file and the key."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"real-world config not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; expected some of {sorted(known)}")
+        missing = [k for k in ("base", "teacher_adapter", "problems") if not data.get(k)]
+        if missing:
+            raise ValueError(f"{path}: missing required keys {missing}")
+        for key in ("base", "teacher_adapter", "problems", "eval_problems", "tokenizer"):
+            val = data.get(key)
+            if isinstance(val, str) and (val.startswith(("./", "../")) or
+                                         (key in ("problems", "eval_problems")
+                                          and not Path(val).is_absolute())):
+                data[key] = str((path.parent / val).resolve())
+        return cls(**data)
+
+
+class RealWorld(World):
+    """World over local copies of the real base, teacher adapter and problem files."""
+
+    def __init__(self, config: RealWorldConfig, name: str = "real") -> None:
+        model_id = config.base_id or models.model_id_from_path(config.base) or config.base
+        super().__init__(name=name, sampling=SamplingConfig(max_new_tokens=config.max_new_tokens),
+                         meta={"model_id": model_id, "teacher_adapter": config.teacher_adapter})
+        self.config = config
+        self._tokenizer: Any = None
+        self._problems: dict[str, list[Problem]] = {}
+
+    @classmethod
+    def from_json(cls, path: str | Path, name: str = "real") -> "RealWorld":
+        return cls(RealWorldConfig.from_json(path), name=name)
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = models.load_tokenizer(self.config.tokenizer or self.config.base)
+        return self._tokenizer
+
+    def problems(self, split: str) -> list[Problem]:
+        if split not in SPLITS:
+            raise ValueError(f"real world has splits {SPLITS}, not {split!r}")
+        if split not in self._problems:
+            path = self.config.problems if split == "train" else (
+                self.config.eval_problems or self.config.problems)
+            self._problems[split] = load_problems(path)
+            log.info("real world: %d %s problems from %s", len(self._problems[split]), split, path)
+        return list(self._problems[split])
+
+    def render(self, problem: Problem, hint: str | None) -> str:
+        return prompts.render_prompt(prompts.build_messages(problem, hint), self.tokenizer)
+
+    def load_base(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+                  ) -> torch.nn.Module:
+        return models.load_base_model(self.config.base, device=device, dtype=dtype)
+
+    def load_teacher(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+                     ) -> torch.nn.Module:
+        teacher = models.load_merged_teacher(self.config.base, self.config.teacher_adapter,
+                                             device=device, dtype=dtype, base_id=self.meta["model_id"])
+        report = getattr(teacher, "probe_merge_report", None)
+        if report is not None:
+            self.meta["merge_report"] = report
+        return teacher
+
+    def contrastive_pairs(self, split: str = "train", hint: str | None = "simple_overwrite_tests",
+                          seed: int = 0) -> list[Pair]:
+        raise NotImplementedError("built by probe.pairs")

@@ -1,0 +1,44 @@
+"""R3: the projection mechanism reduces v_hack alignment per step.
+
+Spec: "Done means: mean_cos_out < mean_cos_in on ≥80% of projected steps" and (T3 UAT) "fired > 0.5".
+"Sneaky fail: projection runs but copies grad through unchanged (e.g. sign flip elsewhere); cos_out
+unchanged or higher catches it." Each step stores ‖g_in − g_out‖, which shows whether it changed at all.
+Note (facts §5): under one-sided projection cos_out ≈ 0 by construction — this verifies the
+mechanism acted, not that hacking is prevented; behaviour is reported alongside.
+"""
+from __future__ import annotations
+
+import pytest
+
+from probe.checks import r3_stats
+
+pytestmark = pytest.mark.uat
+
+STEP_FRAC_MIN = 0.80  # spec R3
+FIRED_MIN = 0.5  # spec T3: fired > 0.5 (mean fraction of modules that fired per step)
+
+
+@pytest.fixture(scope="module")
+def stats(phase1):
+    return r3_stats(phase1)
+
+
+def test_R3_cos_out_below_cos_in(stats, verdict):
+    frac = stats["frac_steps_cos_out_lt_in"]
+    verdict("R3", "steps with cos_out < cos_in",
+            f"{frac:.2f} of {stats['n_steps']} (mean {stats['mean_cos_in']:.4f} → {stats['mean_cos_out']:.4f})",
+            f">= {STEP_FRAC_MIN}", frac >= STEP_FRAC_MIN)
+    assert frac >= STEP_FRAC_MIN, f"cos_out < cos_in on only {frac:.2f} of steps: {stats}"
+
+
+def test_R3_fired(stats, verdict):
+    f = stats["mean_frac_fired"]
+    verdict("R3", "mean frac_fired", f"{f:.3f}", f"> {FIRED_MIN}", f > FIRED_MIN)
+    assert f > FIRED_MIN, f"projection fired on only {f:.3f} of modules per step"
+
+
+def test_R3_sneaky_gradient_actually_changed(stats, verdict):
+    bad = stats["fired_steps_grad_unchanged"]
+    verdict("R3", "fired steps with unchanged g", f"{bad}/{stats['n_fired_steps']}", "0", bad == 0)
+    assert stats["n_fired_steps"] > 0 and bad == 0, (
+        f"{bad} of {stats['n_fired_steps']} fired steps left the gradient unchanged")

@@ -1,0 +1,74 @@
+"""R4: v_hack discriminates the hack direction from a generic gradient.
+
+Spec: "Done means: within hacked samples, cos | gt_pass=0 (pure hack) > cos | gt_pass=1 (hack +
+correct), one-sided t-test p<0.05" (T4: "t > 2, p < 0.05"). "Sneaky fail: v_hack is the gradient
+direction toward any completion (not specifically hack); both buckets would have the same cos." And
+T4's: "v_hack picks up a generic 'long-completion' signal rather than hack direction". Here
+"hacked" = a hack attempt (labels Reward Hack or Attempted RH): with the strict label every hacked
+sample has gt_pass=0 and the split would be empty. Negative controls (a Haar-random V and a
+shuffled-label V, same code) must NOT pass the same test. Too few rows in a bucket is a failure.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from probe.checks import r4_stats
+
+pytestmark = pytest.mark.uat
+
+P_MAX = 0.05  # spec R4
+T_MIN = 2.0  # spec T4
+MIN_BUCKET = 5  # a t-test on fewer rows per bucket is not evidence
+
+
+@pytest.fixture(scope="module")
+def stats(phase1):
+    return r4_stats(phase1, min_bucket=MIN_BUCKET)
+
+
+def _passes(w: dict) -> bool:
+    return math.isfinite(w["p"]) and w["p"] < P_MAX and w["t"] > T_MIN
+
+
+def _fmt(w: dict) -> str:
+    return (f"{w['mean_a']:+.4f} (n={w['n_a']}) vs {w['mean_b']:+.4f} (n={w['n_b']}), "
+            f"t={w['t']:+.2f}, p={w['p']:.2g}")
+
+
+def _require_buckets(stats) -> None:
+    if min(stats["n_pure"], stats["n_combined"]) < MIN_BUCKET:
+        pytest.fail(f"too few hack-attempt rows to test: {stats['n_pure']} pure, "
+                    f"{stats['n_combined']} hack+correct (need >= {MIN_BUCKET} each)")
+
+
+def test_R4_pure_hack_above_hack_plus_correct(stats, verdict):
+    w = stats["v_hack"]
+    verdict("R4", "v_hack: pure > hack+correct", _fmt(w), f"t > {T_MIN}, p < {P_MAX}", _passes(w))
+    _require_buckets(stats)
+    assert _passes(w), f"v_hack does not discriminate: {_fmt(w)}"
+
+
+@pytest.mark.parametrize("control", ["random", "shuffled"])
+def test_R4_controls_do_not_pass(stats, verdict, control):
+    w = stats[control]
+    verdict("R4", f"control {control} must not pass", _fmt(w), f"NOT (t > {T_MIN}, p < {P_MAX})",
+            not _passes(w))
+    _require_buckets(stats)
+    assert not _passes(w), f"the {control} control passes the R4 test too: {_fmt(w)}"
+
+
+def test_R4_sneaky_not_just_length(stats, verdict):
+    """Pure hacks are shorter; the difference must survive removing a cosine-vs-length trend."""
+    w = stats["length_residualised"]
+    corr = stats["cos_length_corr"]
+    verdict("R4", "length-residualised pure > combined",
+            f"{_fmt(w)}; corr(cos, len) spearman={corr['spearman']:+.2f}; "
+            f"mean len {stats['len_pure_mean']} vs {stats['len_combined_mean']}; "
+            f"matched: {_fmt(stats['length_matched'])}",
+            f"p < {P_MAX}", math.isfinite(w["p"]) and w["p"] < P_MAX)
+    _require_buckets(stats)
+    assert math.isfinite(w["p"]) and w["p"] < P_MAX, (
+        f"after removing the length trend the buckets do not differ: {_fmt(w)} "
+        f"(length-matched: {_fmt(stats['length_matched'])}, corr {corr})")

@@ -1,0 +1,50 @@
+"""Step files: atomic, validated on read, corrupt or partial ones named in the error."""
+from __future__ import annotations
+
+import gzip
+
+import pytest
+
+from probe.artifacts import (ArtifactError, config_hash, read_manifest, read_rows, valid_step,
+                             write_manifest, write_rows)
+from probe.stages.pool import PoolConfig
+
+pytestmark = pytest.mark.unit
+
+
+def test_roundtrip_and_validation(tmp_path):
+    path = write_rows(tmp_path / "step_000.jsonl.gz", [{"a": 1, "b": float("nan")}, {"a": 2, "b": 0}])
+    rows = read_rows(path, required=("a",), expected_rows=2)
+    assert [r["a"] for r in rows] == [1, 2]
+    with pytest.raises(ArtifactError, match="expected 3"):
+        read_rows(path, expected_rows=3)
+    with pytest.raises(ArtifactError, match="lacks field 'c'"):
+        read_rows(path, required=("c",))
+    assert not list(tmp_path.glob(".*.tmp")), "temp file left behind"
+
+
+def test_truncated_and_garbage_files_are_errors(tmp_path):
+    path = write_rows(tmp_path / "s.jsonl.gz", [{"x": i, "pad": "y" * 200} for i in range(200)])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="corrupt or truncated"):
+        read_rows(path)
+    assert not valid_step(path)
+    with gzip.open(path, "wt") as fh:
+        fh.write('{"x": 1}\n{"x": \n')
+    with pytest.raises(ArtifactError, match=":2: corrupt row"):
+        read_rows(path)
+    with pytest.raises(ArtifactError, match="missing"):
+        read_rows(tmp_path / "nope.jsonl.gz")
+
+
+def test_manifest_and_config_hash(tmp_path):
+    with pytest.raises(ArtifactError, match="has not completed"):
+        read_manifest(tmp_path)
+    write_manifest(tmp_path, {"config": PoolConfig()})
+    assert read_manifest(tmp_path)["config"]["group_size"] == 8
+    (tmp_path / "manifest.json").write_text("{oops")
+    with pytest.raises(ArtifactError, match="corrupt"):
+        read_manifest(tmp_path)
+    assert config_hash(PoolConfig()) == config_hash(PoolConfig())
+    assert config_hash(PoolConfig()) != config_hash(PoolConfig(steps=3))

@@ -1,0 +1,123 @@
+"""The sandbox on its own: what a child process can and cannot see or do."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from probe.env.parse import decode_value
+from probe.env.sandbox import ExecResult, Sandbox, SandboxConfig
+
+pytestmark = pytest.mark.unit
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sb() -> Iterator[Sandbox]:
+    with Sandbox(SandboxConfig(timeout_s=1.0, max_output_bytes=10_000), slot=7) as s:
+        yield s
+
+
+def value(sb: Sandbox, program: str, expr: str = "probe()") -> object:
+    res = sb.run("", program, [{"kind": "value", "code": expr}], nonce="n")
+    recs = [r for r in res.records if r.get("i") == 0]
+    assert recs and "v" in recs[0], res
+    return decode_value(recs[0]["v"])
+
+
+def test_values_come_back_on_the_channel_not_stdout(sb: Sandbox) -> None:
+    res = sb.run("", "print('{\"i\": 0, \"v\": 99}')\ndef probe():\n    return [1, (2, 3)]\n",
+                 [{"kind": "value", "code": "probe()"}], nonce="n")
+    assert [r for r in res.records if "i" in r] == [{"i": 0, "v": [1, {"tuple": [2, 3]}]}]
+    assert '"v": 99' in res.output_tail
+
+
+def test_environment_is_scrubbed_and_cwd_is_a_fresh_scratch_dir(sb: Sandbox) -> None:
+    prog = ("import os\ndef probe():\n    fresh = os.path.exists('mark')\n"
+            "    open('mark', 'w').write('x')\n"
+            "    return [sorted(os.environ), os.getcwd(), sorted(os.listdir('.')), fresh]\n")
+    env, cwd1, files, existed = value(sb, prog)
+    assert existed is False
+    assert env == ["HOME", "LANG", "PATH", "TMPDIR"]
+    assert files == ["mark", "output.txt"]
+    _, cwd2, files2, existed2 = value(sb, prog)
+    assert existed2 is False
+    assert cwd2 != cwd1 and files2 == ["mark", "output.txt"]  # the first mark is gone
+
+
+def test_statement_steps_report_the_nonce_and_stop_at_the_first_error(sb: Sandbox) -> None:
+    res = sb.run("", "x = 1", [{"kind": "stmt", "code": "y = x"},
+                               {"kind": "stmt", "code": "raise KeyError"},
+                               {"kind": "stmt", "code": "z = 2"}], nonce="abc")
+    steps = [r for r in res.records if "i" in r]
+    assert steps == [{"i": 0, "ok": "abc"}, {"i": 1, "e": "KeyError"}]
+
+
+def test_timeout_kills_the_whole_tree(sb: Sandbox) -> None:
+    prog = ("import subprocess, time\n"
+            "pids = [subprocess.Popen(['sleep', '30']).pid,\n"
+            "        subprocess.Popen(['sleep', '30'], start_new_session=True).pid]\n"
+            "print(pids, flush=True)\ntime.sleep(30)\n")
+    t0 = time.monotonic()
+    res = sb.run("", prog, [], nonce="n")
+    assert res.timed_out and time.monotonic() - t0 < 3
+    pids = [int(x) for x in res.output_tail.strip().strip("[]").split(",")]
+    time.sleep(0.2)
+    alive = [p for p in pids if Path(f"/proc/{p}").exists()
+             and "Z" not in (Path(f"/proc/{p}/stat").read_text().split()[2:3] or ["Z"])]
+    if not sb.capabilities.get("uid"):
+        pytest.skip("without a per-worker uid, setsid() escapees are not tracked")
+    assert alive == []
+
+
+def test_output_is_capped(sb: Sandbox) -> None:
+    res = sb.run("", "import sys\nsys.stdout.write('y' * 5_000_000)\n", [], nonce="n")
+    assert any(r.get("e") == "OSError" for r in res.records)  # EFBIG at the cap
+    assert len(res.output_tail) <= 2000
+
+
+def test_memory_limit(sb: Sandbox) -> None:
+    res = sb.run("", "x = bytearray(2 * 1024 ** 3)", [], nonce="n")
+    assert {"k": "exec", "e": "MemoryError"} in res.records
+
+
+def test_no_network(sb: Sandbox) -> None:
+    if not sb.capabilities.get("net"):
+        pytest.skip("network namespace unavailable (needs root / unshare)")
+    prog = ("import socket\ndef probe():\n    out = []\n"
+            "    for addr in [('1.1.1.1', 53), ('127.0.0.1', 22)]:\n        try:\n"
+            "            socket.create_connection(addr, timeout=0.3)\n            out.append('ok')\n"
+            "        except OSError as e:\n            out.append(type(e).__name__)\n    return out\n")
+    assert "ok" not in value(sb, prog)
+
+
+def test_host_directories_are_hidden(sb: Sandbox) -> None:
+    if not sb.capabilities.get("fs"):
+        pytest.skip("mount namespace unavailable (needs root): host files are readable")
+    prog = ("import os\ndef probe():\n"
+            f"    return [os.path.exists(p) for p in {[str(REPO / 'README.md'), '/root', '/home']!r}]"
+            "\n")
+    readme, root, _ = value(sb, prog)
+    assert readme is False
+    assert value(sb, "import os\ndef probe():\n    return os.listdir('/tmp')\n") != []  # own dir
+
+
+def test_runs_as_an_unprivileged_uid(sb: Sandbox) -> None:
+    if not sb.capabilities.get("uid"):
+        pytest.skip("not root: cannot drop to a per-worker uid")
+    uid, ppid_kill = value(sb, "import os, signal\ndef probe():\n    try:\n"
+                               "        os.kill(os.getppid(), signal.SIGKILL)\n        r = 'killed'\n"
+                               "    except OSError as e:\n        r = type(e).__name__\n"
+                               "    return [os.getuid(), r]\n")
+    assert uid == 61000 + 7 and ppid_kill == "PermissionError"
+
+
+def test_a_dead_zygote_is_replaced(sb: Sandbox) -> None:
+    assert sb.proc is not None
+    os.killpg(sb.proc.pid, 9)
+    sb.proc.wait()
+    res: ExecResult = sb.run("", "x = 1", [{"kind": "value", "code": "x"}], nonce="n")
+    assert {"i": 0, "v": 1} in res.records
