@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _embedded import embedded_world
+from tests.unit._embedded import embedded_world
 from probe.generate import generate
 
 pytestmark = pytest.mark.unit

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from _embedded import embedded_world
+from tests.unit._embedded import embedded_world
 from probe.env.problems import Problem, load_problems
 from probe.env.prompts import build_messages, render_plain
 from probe.pairs import (COMBINED_STYLES, HACK_STYLES, PURE_STYLES, PairError, add_method,

@@ -14,7 +14,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from _embedded import embedded_world
+from tests.unit._embedded import embedded_world
+from tests.unit.world_contract import check_world_contract
 from probe.env.problems import problem_from_record
 from probe.env.prompts import user_message
 from probe.world.embedded.config import EmbeddedWorldConfig
@@ -163,8 +164,8 @@ def test_build_is_locked_and_rechecked(tmp_path, monkeypatch):
 
 
 def test_world_contract(world):
-    contract = pytest.importorskip("world_contract", reason="tests/unit/world_contract.py not merged")
-    contract.check_world_contract(world)
+    summary = check_world_contract(world, splits=("train", "eval", "hard"))
+    assert summary["pairs"] and summary["teacher_base_max_logit_diff"] > 1e-4
 
 
 def test_select_embedded_returns_the_cached_world(world):
