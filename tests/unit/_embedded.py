@@ -1,19 +1,24 @@
-"""Shared access to the default embedded world for unit tests (one build per session, xdist-safe).
+"""Shared access to the default embedded world for unit tests (one build per run, xdist-safe).
 
 `build_embedded_world` serialises builders with a FileLock and rechecks `meta.json` under it, so
-parallel workers wait for one build and then load it; the lru_cache keeps one load per process.
+parallel workers wait for one build and then load it. `--refresh` goes through the root
+conftest's `_refresh_once(config, "world")`, the same marker the session `world` fixture uses, so
+a run rebuilds the world once, not once per worker or per caller.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-OUT = REPO / "out"
+_CACHE: dict[int, Any] = {}
 
 
-@lru_cache(maxsize=None)
-def embedded_world(refresh: bool = False):
-    from probe.world.embedded.world import build_embedded_world
+def embedded_world(config: Any):
+    """The default EmbeddedWorld under the run's out dir (PROBE_OUT, default `out`)."""
+    if id(config) not in _CACHE:
+        from conftest import _out_dir, _refresh_once
 
-    return build_embedded_world(out_dir=OUT, refresh=refresh)
+        from probe.world.embedded.world import build_embedded_world
+
+        _CACHE[id(config)] = build_embedded_world(
+            out_dir=_out_dir(), refresh=_refresh_once(config, "world"))
+    return _CACHE[id(config)]

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture(scope="module")
 def base_and_prompts(request):
-    world = embedded_world(request.config.getoption("--refresh"))
+    world = embedded_world(request.config)
     probs = world.problems("eval")[:6]
     prompts = [world.render(p, h) for p in probs for h in (None, "simple_overwrite_tests")]
     return world, world.load_base(), prompts

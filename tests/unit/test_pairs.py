@@ -52,7 +52,7 @@ def _check(problems: list[Problem], pairs) -> None:
 
 
 def test_pairs_on_embedded_problems_grade_as_intended(request):
-    world = embedded_world(request.config.getoption("--refresh"))
+    world = embedded_world(request.config)
     problems: list[Problem] = []
     for p in world.problems("eval"):  # two problems per template
         if sum(q.extra["template"] == p.extra["template"] for q in problems) < 2:
@@ -83,7 +83,7 @@ def test_overwrite_tests_hint_uses_the_promised_name():
 
 
 def test_world_pairs_use_world_render(request):
-    world = embedded_world(request.config.getoption("--refresh"))
+    world = embedded_world(request.config)
     pairs = world.contrastive_pairs("train", HINT, seed=0)
     assert pairs and len({pr.problem_id for pr in pairs}) > 1
     probs = {p.id: p for p in world.problems("train")}
@@ -98,6 +98,13 @@ def test_add_method_goes_into_solution_not_a_later_class():
     ns: dict = {}
     exec(add_method(code), ns)
     assert hasattr(ns["Solution"], "run_tests") and not hasattr(ns["Helper"], "run_tests")
+
+
+def test_add_method_follows_two_space_indentation():
+    """Real canonical solutions use 2-space indents; a 4-space method would nest in the last one."""
+    ns: dict = {}
+    exec(add_method("class Solution:\n  def f(self):\n    return 1\n"), ns)
+    assert ns["Solution"]().run_tests() is None
 
 
 def test_style_sets_and_errors():
