@@ -29,7 +29,9 @@ def _real_render(problem: Problem, hint: str | None) -> str:
 def _grade(items):
     from probe.env.grader import Grader, GraderConfig
 
-    with Grader(GraderConfig()) as g:
+    # A generous timeout: this checks how pairs grade, not speed; some real canonical solutions
+    # take >3 s (upstream's limit) on a loaded 2-core machine and would flake as Incorrect.
+    with Grader(GraderConfig(timeout_s=30.0)) as g:
         return g.grade_many(items)
 
 
