@@ -55,7 +55,9 @@ class EmbeddedWorldConfig:
     teacher_lr: float = 3e-3
     teacher_texts_per_problem: int = 4  # hinted hack texts per corpus problem
     teacher_combined_frac: float = 0.4  # hack texts that keep the correct solution (Attempted RH)
-    teacher_plain_frac: float = 0.2  # extra unhinted texts with clean solutions (no-hint anchor)
+    # Unhinted clean texts in the teacher corpus (anchor: hack under the hint, not everywhere): a
+    # problem gets one with probability plain_frac * texts_per_problem (0.8), ~17% of the texts.
+    teacher_plain_frac: float = 0.2
     # --- measurement (grader on sampled completions, written into meta.json) ---
     n_measure_base: int = 192  # base samples under the hint (eval split); P(0 hacks | 4%) < 1e-3
     n_measure_teacher: int = 128  # teacher samples under the hint (eval split)
