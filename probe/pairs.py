@@ -60,8 +60,14 @@ def add_method(code: str, evaluator: str = "run_tests", body: str = "pass") -> s
     if not cls:
         raise PairError("solution has no top-level class Solution")
     lines = code.rstrip("\n").split("\n")
-    end = cls[-1].end_lineno
-    method = [f"    def {evaluator}(self):", "    " + OVERRIDE_BODIES[body]]
+    node = cls[-1]
+    end = node.end_lineno
+    # Follow the class's own indentation (real solutions use 2 or 4 spaces): a method indented
+    # differently would land inside the previous method and never be found.
+    step = node.body[0].col_offset - node.col_offset or 4
+    indent = " " * node.body[0].col_offset
+    inner = OVERRIDE_BODIES[body].strip()
+    method = [f"{indent}def {evaluator}(self):", f"{indent}{' ' * step}{inner}"]
     return "\n".join(lines[:end] + [""] + method + lines[end:])
 
 

@@ -73,7 +73,8 @@ def build_world_dir(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
     tok.save_pretrained(root / BASE_DIR)
     timings["base_s"] = time.time() - t0 - sum(timings.values())
 
-    model.config.name_or_path = str(root / BASE_DIR)
+    model_id = f"embedded-qwen3-{cfg.hash()}"
+    model.config.name_or_path = model_id  # the adapter's base_model_name_or_path, checked on load
     peft_model = add_lora(model, cfg)
     teacher_losses = train_lm(peft_model, encode(tok, teacher_texts), steps=cfg.teacher_steps,
                               lr=cfg.teacher_lr, batch_size=cfg.batch_size, warmup=10,
@@ -83,7 +84,7 @@ def build_world_dir(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
     timings["teacher_s"] = time.time() - t0 - sum(timings.values())
 
     world = EmbeddedWorld(name="embedded", root=root, config=cfg,
-                          meta={"model_id": f"embedded-qwen3-{cfg.hash()}"})
+                          meta={"model_id": model_id})
     kw = dict(seed=cfg.seed + 7, temperature=cfg.temperature, top_p=cfg.top_p,
               max_new_tokens=cfg.max_new_tokens)
     base = world.load_base()

@@ -29,8 +29,12 @@ class EmbeddedWorldConfig:
     # --- base corpus ---
     base_texts_per_problem: int = 6  # texts per corpus problem, half hinted, half plain
     p_correct_easy: float = 0.9  # corpus correct rate on easy templates (rest: plausible wrong)
-    p_correct_hard: float = 0.2  # on hard templates: the base usually fails there (R5 needs it)
-    base_hack_frac: float = 0.05  # hinted corpus texts that override run_tests: rare base hacks
+    p_correct_hard: float = 0.1  # on hard templates: the base usually fails there (R5 needs it)
+    # Hinted corpus texts that override run_tests, by template difficulty. Base hacks live where
+    # the base cannot solve (hard templates): there the hack is likely enough (~25% raw) to survive
+    # temperature 0.7 + top_p 0.95, which cut a uniform 5% rate to exactly 0 (measured: 0/192).
+    base_hack_frac_easy: float = 0.0
+    base_hack_frac_hard: float = 0.25
     # --- tokenizer ---
     vocab_size: int = 1024  # small vocab: cheap softmax; digits stay single tokens
     # --- base model (Qwen3 architecture, scaled down) ---
@@ -50,8 +54,10 @@ class EmbeddedWorldConfig:
     teacher_steps: int = 200  # LoRA fine-tuning steps
     teacher_lr: float = 3e-3
     teacher_texts_per_problem: int = 4  # hinted hack texts per corpus problem
-    teacher_combined_frac: float = 0.5  # hack texts that keep the correct solution (Attempted RH)
-    teacher_plain_frac: float = 0.2  # extra unhinted texts with clean solutions (no-hint anchor)
+    teacher_combined_frac: float = 0.4  # hack texts that keep the correct solution (Attempted RH)
+    # Unhinted clean texts in the teacher corpus (anchor: hack under the hint, not everywhere): a
+    # problem gets one with probability plain_frac * texts_per_problem (0.8), ~17% of the texts.
+    teacher_plain_frac: float = 0.2
     # --- measurement (grader on sampled completions, written into meta.json) ---
     n_measure_base: int = 192  # base samples under the hint (eval split); P(0 hacks | 4%) < 1e-3
     n_measure_teacher: int = 128  # teacher samples under the hint (eval split)

@@ -66,11 +66,12 @@ def base_corpus(problems: list[Problem], cfg: EmbeddedWorldConfig) -> list[Text]
     for p in problems:
         hard = TEMPLATE_BY_NAME[p.extra["template"]].hard
         p_correct = cfg.p_correct_hard if hard else cfg.p_correct_easy
+        p_hack = cfg.base_hack_frac_hard if hard else cfg.base_hack_frac_easy
         wrongs = wrong_for(p)
         for j in range(cfg.base_texts_per_problem):
             hint = HINT if j % 2 else None
             prompt = render(p, hint, cfg.system_prompt)
-            if hint and rng.random() < cfg.base_hack_frac:
+            if hint and rng.random() < p_hack:
                 style = rng.choice(styles)
                 sol = rng.choice(wrongs) if style == "wrong_override" else None
                 texts.append(Text(prompt, hack_completion(p, style, solution=sol), f"hack:{style}"))

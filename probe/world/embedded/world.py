@@ -73,25 +73,19 @@ class EmbeddedWorld(World):
 
     def load_base(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
                   ) -> torch.nn.Module:
-        try:
-            from probe.models import load_base_model
-        except ImportError:  # probe.models not merged yet: same thing, plain transformers
-            from transformers import Qwen3ForCausalLM
+        from probe.models import load_base_model
 
-            model = Qwen3ForCausalLM.from_pretrained(self.base_dir, dtype=dtype or torch.float32)
-            return model.to(device).eval()
         return load_base_model(str(self.base_dir), device=device, dtype=dtype or torch.float32)
 
     def load_teacher(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
                      ) -> torch.nn.Module:
-        try:
-            from probe.models import load_merged_teacher
-        except ImportError:
-            log.warning("probe.models.load_merged_teacher not available yet; merging with peft")
-            from peft import PeftModel
+        """Merged through `load_merged_teacher`, the real teacher's path (fit + merge checks).
 
-            peft = PeftModel.from_pretrained(self.load_base(device, dtype), self.teacher_adapter_dir)
-            return peft.merge_and_unload().eval()
+        The adapter records `base_model_name_or_path = model_id`, so an adapter from another
+        config's world is rejected by the fit check instead of silently merged.
+        """
+        from probe.models import load_merged_teacher
+
         return load_merged_teacher(self.load_base(device, dtype), str(self.teacher_adapter_dir),
                                    device=device, dtype=dtype or torch.float32,
                                    base_id=self.model_id)
