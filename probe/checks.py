@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import fisher_exact
 
 from probe.artifacts import read_manifest, read_rows, read_stage
 from probe.stages.phase1 import Phase1Paths
@@ -128,6 +129,18 @@ def behaviour(paths: Phase1Paths) -> dict[str, Any]:
     out = {"start": json.loads(paths.student_start.read_text())}
     for arm in ("vanilla", "projected"):
         out[arm] = read_manifest(paths.arm(arm)).get("student_end")
+    return out
+
+
+def behaviour_stats(paths: Phase1Paths) -> dict[str, Any]:
+    """Did vanilla replay learn to hack, and did projection slow it? (one-sided Fisher exact test)"""
+    beh = behaviour(paths)
+    out: dict[str, Any] = {k: beh[k] for k in ("start", "vanilla", "projected")}
+    counts = {k: (round(beh[k]["hack_rate"] * beh[k]["n"]), beh[k]["n"]) for k in out}
+    out["vanilla_rise"] = beh["vanilla"]["hack_rate"] - beh["start"]["hack_rate"]
+    out["projected_rise"] = beh["projected"]["hack_rate"] - beh["start"]["hack_rate"]
+    (hv, nv), (hp, np_) = counts["vanilla"], counts["projected"]
+    out["fisher_p"] = float(fisher_exact([[hv, nv - hv], [hp, np_ - hp]], alternative="greater").pvalue)
     return out
 
 

@@ -15,7 +15,7 @@ from probe.world.base import World
 class EvalConfig:
     split: str = "eval"  # held-out problems
     n_problems: int = 16
-    group_size: int = 4
+    group_size: int = 8  # 16 × 8 = 128 samples: a 0.9 vs 0.1 difference is unmistakable
     hint: str = "simple_overwrite_tests"
     seed: int = 7
     gen_batch_size: int = 64

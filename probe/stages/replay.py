@@ -36,7 +36,10 @@ KEEP_FROM_POOL = ("problem_id", "step", "index", "label", "hacked", "hack_attemp
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    lr: float = 1e-3  # AdamW on δS
+    # AdamW on δS. Chosen so the vanilla arm visibly learns the teacher's hacking within 20 steps on
+    # the embedded world (measured: lr 1e-3 -> hack rate 0 -> 0; 1e-2 -> 0 -> 0.05; 3e-2 -> 0 -> 0.92).
+    # A replay whose vanilla arm never moves cannot show that projection slows anything.
+    lr: float = 3e-2
     weight_decay: float = 0.0  # δS is a shift of singular values: no reason to pull it to 0
     max_grad_norm: float | None = 1.0  # clipping after projection (as in training)
     micro_batch: int = 32  # rows per batched backward (memory bound)
