@@ -98,6 +98,9 @@ class EmbeddedWorld(World):
 
 def _load(root: Path, cfg: EmbeddedWorldConfig) -> EmbeddedWorld:
     meta = json.loads((root / META).read_text())
+    if meta.get("config_hash", cfg.hash()) != cfg.hash():
+        raise RuntimeError(f"{root / META} was built for config {meta['config_hash']}, not "
+                           f"{cfg.hash()}: delete {root} or rebuild with refresh=True")
     return EmbeddedWorld(name="embedded", root=root, config=cfg, meta=meta)
 
 
