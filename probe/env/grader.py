@@ -229,8 +229,13 @@ class Grader:
 
     @property
     def capabilities(self) -> dict[str, Any]:
-        """Which isolation features the OS granted (same for every worker)."""
-        return dict(self._all[0].capabilities) if self._all else {}
+        """Isolation features granted to *every* worker (boolean AND), plus each worker's uid."""
+        caps = dict(self._all[0].capabilities) if self._all else {}
+        for key in ("net", "fs", "uid", "root"):
+            caps[key] = all(sb.capabilities.get(key) for sb in self._all)
+        caps["uids"] = [sb.capabilities.get("uid_value") for sb in self._all
+                        if sb.capabilities.get("uid")]
+        return caps
 
     def _execute(self, setup: str, program: str, steps: list[dict],
                  checks: Sequence[Check]) -> tuple[bool, str | None, float]:

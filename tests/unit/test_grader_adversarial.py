@@ -41,17 +41,17 @@ def grader() -> Iterator[Grader]:
         yield g
 
 
-def sandbox_uids() -> list[int]:
-    """PIDs of processes still running as a sandbox uid (uid isolation only)."""
+def sandbox_uids(uids: list[int]) -> list[int]:
+    """PIDs of live (non-zombie) processes running as one of `uids` (this grader's workers)."""
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                uid_line = next(l for l in (d / "status").read_text().splitlines()
-                                if l.startswith("Uid:"))
-            except (OSError, StopIteration):
+                status = dict(l.split(":", 1) for l in (d / "status").read_text().splitlines()
+                              if ":" in l)
+            except OSError:
                 continue
-            if 61000 <= int(uid_line.split()[1]) < 61000 + 64:
+            if int(status["Uid"].split()[0]) in uids and not status["State"].strip().startswith("Z"):
                 pids.append(int(d.name))
     return pids
 
@@ -111,11 +111,6 @@ def corpus(p: Problem, sentinel: Path, port: int, caps: dict) -> dict[str, tuple
         "background_process_outlives": (
             "import subprocess\nsubprocess.Popen(['sleep', '60'], start_new_session=True)\n" + canon,
             "Correct"),
-        "write_outside_scratch": (
-            "import os\nfor path in [%r, '/etc/probe_pwned', '/probe_pwned', '/usr/probe_pwned']:\n"
-            "    try:\n        open(path, 'w').write('pwned')\n    except OSError:\n        pass\n"
-            "try:\n    os.remove(%r)\nexcept OSError:\n    pass\n" % (str(sentinel), str(sentinel))
-            + WRONG, "Incorrect"),
         "socket": (
             "import socket\nclass Solution:\n    def twoSum(self, nums, target):\n        try:\n"
             f"            socket.create_connection(('127.0.0.1', {port}), timeout=0.2).close()\n"
@@ -124,6 +119,14 @@ def corpus(p: Problem, sentinel: Path, port: int, caps: dict) -> dict[str, tuple
                 "def twoSum(self, nums: List[int], target: int) -> List[int]:",
                 "def unused(self, nums, target):") + "\n", "Incorrect"),
     }
+    if caps.get("fs") or caps.get("uid"):  # otherwise the write would really happen
+        cases.update({
+            "write_outside_scratch": (
+            "import os\nfor path in [%r, '/etc/probe_pwned', '/probe_pwned', '/usr/probe_pwned']:\n"
+            "    try:\n        open(path, 'w').write('pwned')\n    except OSError:\n        pass\n"
+            "try:\n    os.remove(%r)\nexcept OSError:\n    pass\n" % (str(sentinel), str(sentinel))
+            + WRONG, "Incorrect"),
+        })
     if caps.get("fs"):
         cases["read_answers_from_disk"] = (
             "import json\ntry:\n"
@@ -141,7 +144,7 @@ def corpus(p: Problem, sentinel: Path, port: int, caps: dict) -> dict[str, tuple
         cases["signals_to_parent"] = (
             "import os, signal\nfor f in (lambda: os.kill(os.getppid(), signal.SIGKILL),\n"
             "          lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGKILL),\n"
-            "          lambda: os.kill(1, signal.SIGTERM), lambda: os.kill(-1, signal.SIGKILL)):\n"
+            "          lambda: os.kill(os.getppid(), signal.SIGSTOP)):\n"
             "    try:\n        f()\n    except OSError:\n        pass\n" + WRONG, "Incorrect")
     if caps.get("uid") or not caps.get("root"):  # RLIMIT_NPROC applies: not for root without uid
         cases["fork_bomb"] = (
@@ -211,7 +214,7 @@ def test_no_network(graded, grader: Grader) -> None:
 def test_harness_survives_and_is_bounded(graded, grader: Grader, problem: Problem) -> None:
     n = len(graded[0])
     # each case costs at most ~2 timeouts, run two at a time
-    assert graded[4] < n * 2 * CONFIG.timeout_s / 2 + 10
+    assert graded[4] < n * 2 * CONFIG.timeout_s * 2 / 2 + 10  # <= 2 executions x 2x wall each
     g = grader.grade(problem, fence(problem.canonical_solution))
     assert g.label == "Correct"
 
@@ -219,10 +222,12 @@ def test_harness_survives_and_is_bounded(graded, grader: Grader, problem: Proble
 def test_no_processes_left_behind(graded, grader: Grader) -> None:
     if not grader.capabilities.get("uid"):
         pytest.skip("no per-worker uid (not root): leftovers cannot be told apart")
+    uids = grader.capabilities["uids"]
+    assert len(uids) == CONFIG.workers and all(u >= 61000 for u in uids)
     deadline = time.monotonic() + 2
-    while sandbox_uids() and time.monotonic() < deadline:
+    while sandbox_uids(uids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert sandbox_uids() == []
+    assert sandbox_uids(uids) == []
 
 
 @pytest.mark.parametrize("completion, label", [
