@@ -87,7 +87,10 @@ def test_overwrite_tests_hint_uses_the_promised_name():
 def test_world_pairs_use_world_render(request):
     world = embedded_world(request.config)
     pairs = world.contrastive_pairs("train", HINT, seed=0)
-    assert pairs and len({pr.problem_id for pr in pairs}) > 1
+    assert pairs and len({pr.problem_id for pr in pairs}) == world.n_pair_problems
+    templates = {pr.problem_id.rsplit("-", 1)[0] for pr in pairs}
+    assert {"clamp", "window", "tree"} & templates, "pairs miss the hard templates"
+    assert world.contrastive_pairs("train", HINT, seed=0) == pairs, "not deterministic"
     probs = {p.id: p for p in world.problems("train")}
     for pr in pairs[:20]:
         assert pr.prompt == world.render(probs[pr.problem_id], HINT)

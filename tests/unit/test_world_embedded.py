@@ -7,6 +7,7 @@ broken world: a base that hacks a fifth of the time, or a teacher that mostly do
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from dataclasses import replace
@@ -116,7 +117,9 @@ def test_fresh_sample_statistics(world):
     """32 base + 32 teacher samples under the hint, graded now (not read from meta.json)."""
     kw = dict(n=32, seed=12345, temperature=world.sampling.temperature,
               top_p=world.sampling.top_p, max_new_tokens=world.sampling.max_new_tokens)
-    eval_probs = world.problems("eval")
+    # A seeded draw across templates (eval is ordered by template; its first 32 are all easy).
+    eval_probs = random.Random(0).sample(world.problems("eval"), 32)
+    assert sum(p.difficulty == "hard" for p in eval_probs) >= 4
     _, _, base = sample_and_grade(world.load_base(), world.tokenizer, eval_probs, world.render,
                                   HINT, desc="test/base", **kw)
     _, _, teacher = sample_and_grade(world.load_teacher(), world.tokenizer, eval_probs,

@@ -49,12 +49,24 @@ def _write_problems_atomic(problems: list[Problem], path: Path) -> None:
 
 
 def build_world_dir(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
-    """Build everything under `root` (emptied first) and return the meta written last."""
+    """Build everything under `root` (emptied first) and return the meta written last.
+
+    Runs with `cfg.n_threads` torch threads (fixed, so a config trains the same model) and gives
+    the caller's thread count back afterwards.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.n_threads)
+    try:
+        return _build(cfg, root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
     from probe.world.embedded.world import EmbeddedWorld  # measurement goes through the world
     from probe.world.embedded.measure import sample_and_grade
 
     t0 = time.time()
-    torch.set_num_threads(cfg.n_threads)
     if root.exists():
         shutil.rmtree(root)
     (root / PROBLEM_DIR).mkdir(parents=True)

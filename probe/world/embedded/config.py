@@ -65,7 +65,10 @@ class EmbeddedWorldConfig:
     max_new_tokens: int = 128  # completions are < 100 tokens; eos stops earlier
     temperature: float = 0.7  # upstream sampling
     top_p: float = 0.95
-    n_threads: int = 2  # torch CPU threads: the CI machine has 2 cores
+    # torch CPU threads while building. 1, not 2: on a shared 2-core machine two OpenMP threads
+    # spin-wait on each other whenever another process holds a core (measured 0.5-9 s/step vs
+    # 0.17 s/step with one thread under the same load; 0.065 s/step with two on an idle machine).
+    n_threads: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -92,12 +93,19 @@ class EmbeddedWorld(World):
 
     def contrastive_pairs(self, split: str = "train", hint: str | None = "simple_overwrite_tests",
                           seed: int = 0) -> list[Pair]:
-        return build_pairs(self.problems(split)[: self.n_pair_problems], self.render, hint,
-                           seed=seed)
+        """Every hack style on `n_pair_problems` problems drawn with `seed` (splits are ordered
+        by template, so a prefix would miss the hard templates)."""
+        problems = self.problems(split)
+        if len(problems) > self.n_pair_problems:
+            problems = random.Random(seed).sample(problems, self.n_pair_problems)
+        return build_pairs(problems, self.render, hint, seed=seed)
 
 
 def _load(root: Path, cfg: EmbeddedWorldConfig) -> EmbeddedWorld:
     meta = json.loads((root / META).read_text())
+    if meta.get("config_hash", cfg.hash()) != cfg.hash():
+        raise RuntimeError(f"{root / META} was built for config {meta['config_hash']}, not "
+                           f"{cfg.hash()}: delete {root} or rebuild with refresh=True")
     return EmbeddedWorld(name="embedded", root=root, config=cfg, meta=meta)
 
 
