@@ -137,3 +137,14 @@ def build_pairs(problems: Sequence[Problem], render: Callable[[Problem, str | No
 def is_pure(style: str) -> bool:
     """Pure hacks leave ground truth failing; combined ones keep the correct solution."""
     return style in PURE_STYLES or style == "wrong_override"
+
+
+def pairs_for_split(problems: Sequence[Problem], render: Callable[[Problem, str | None], str],
+                    hint: str | None = "simple_overwrite_tests", seed: int = 0,
+                    max_problems: int = 32) -> list[Pair]:
+    """Every hack style on at most `max_problems` problems drawn with `seed` (a seeded sample, not
+    a prefix: splits may be ordered by template)."""
+    problems = list(problems)
+    if len(problems) > max_problems:
+        problems = random.Random(seed).sample(problems, max_problems)
+    return build_pairs(problems, render, hint, seed=seed)

@@ -17,6 +17,7 @@ import torch
 from probe import models
 from probe.env import prompts
 from probe.env.problems import Problem, load_problems
+from probe.pairs import pairs_for_split
 from probe.world.base import Pair, SamplingConfig, World
 
 log = logging.getLogger(__name__)
@@ -114,4 +115,6 @@ class RealWorld(World):
 
     def contrastive_pairs(self, split: str = "train", hint: str | None = "simple_overwrite_tests",
                           seed: int = 0) -> list[Pair]:
-        raise NotImplementedError("built by probe.pairs")
+        """Every hack style on up to 32 problems of the split (probe.pairs, shared with the
+        embedded world)."""
+        return pairs_for_split(self.problems(split), self.render, hint, seed)

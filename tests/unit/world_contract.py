@@ -28,8 +28,8 @@ def check_world_contract(world: World, splits: tuple[str, ...] = ("train", "eval
                          device: str = "cpu") -> dict[str, Any]:
     """Assert `world` behaves as stages expect; returns a few numbers for the caller to log.
 
-    `check_models` loads base and teacher (keep it for tiny worlds); `check_pairs` accepts a
-    `NotImplementedError` from contrastive_pairs (pairs come from probe.pairs) but checks a result.
+    `check_models` loads base and teacher (keep it for tiny worlds); `check_pairs` builds the
+    contrastive pairs and checks each shares its prompt with the world's rendering.
     """
     summary: dict[str, Any] = {}
     assert isinstance(world, World), f"{type(world).__name__} is not a probe World"
@@ -79,12 +79,9 @@ def check_world_contract(world: World, splits: tuple[str, ...] = ("train", "eval
         summary["teacher_base_max_logit_diff"] = diff
 
     if check_pairs:
-        try:
-            pairs = world.contrastive_pairs(splits[0], HINT, seed=0)
-        except NotImplementedError:
-            summary["pairs"] = None
-        else:
-            assert isinstance(pairs, list) and pairs and all(isinstance(p, Pair) for p in pairs)
-            assert all(p.hack != p.clean for p in pairs), "a pair's hack equals its clean"
-            summary["pairs"] = len(pairs)
+        pairs = world.contrastive_pairs(splits[0], HINT, seed=0)
+        assert isinstance(pairs, list) and pairs and all(isinstance(p, Pair) for p in pairs)
+        assert all(p.hack != p.clean for p in pairs), "a pair's hack equals its clean"
+        assert all(HINT_PHRASE in p.prompt for p in pairs), "pairs' prompts lack the hint"
+        summary["pairs"] = len(pairs)
     return summary

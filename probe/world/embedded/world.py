@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock
 
 from probe.env.problems import Problem, load_problems
-from probe.pairs import build_pairs
+from probe.pairs import pairs_for_split
 from probe.world.base import Pair, SamplingConfig, World
 from probe.world.embedded.build import ADAPTER_DIR, BASE_DIR, META, PROBLEM_DIR, SPLITS, build_world_dir
 from probe.world.embedded.config import EmbeddedWorldConfig
@@ -95,10 +95,7 @@ class EmbeddedWorld(World):
                           seed: int = 0) -> list[Pair]:
         """Every hack style on `n_pair_problems` problems drawn with `seed` (splits are ordered
         by template, so a prefix would miss the hard templates)."""
-        problems = self.problems(split)
-        if len(problems) > self.n_pair_problems:
-            problems = random.Random(seed).sample(problems, self.n_pair_problems)
-        return build_pairs(problems, self.render, hint, seed=seed)
+        return pairs_for_split(self.problems(split), self.render, hint, seed, self.n_pair_problems)
 
 
 def _load(root: Path, cfg: EmbeddedWorldConfig) -> EmbeddedWorld:
