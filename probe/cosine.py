@@ -36,7 +36,7 @@ def _check_names(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> 
 def module_dots(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
     """⟨c_m, v̂_m⟩ for every module: (..., M)."""
     names = _check_names(grads, v)
-    return torch.stack([_f(grads[n]) @ principal_unit(v[n]).to(_f(grads[n]).dtype) for n in names], -1)
+    return torch.stack([_f(grads[n]) @ principal_unit(v[n]).to(grads[n].device, _f(grads[n]).dtype) for n in names], -1)
 
 
 def module_sq_norms(grads: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -66,7 +66,7 @@ def flat_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torc
     """Plain cosine of the concatenated gradient with the concatenated unit directions, (...,)."""
     names = _check_names(grads, v)
     g = torch.cat([_f(grads[n]) for n in names], -1)
-    u = torch.cat([principal_unit(v[n]) for n in names], -1).to(g.dtype)
+    u = torch.cat([principal_unit(v[n]).to(g.device) for n in names], -1).to(g.dtype)
     return (g @ u) / (g.norm(dim=-1) * u.norm()).clamp(min=EPS)
 
 

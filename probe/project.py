@@ -95,8 +95,10 @@ def project_grads(grads: dict[str, torch.Tensor], V: dict[str, torch.Tensor],
         raise KeyError(f"v_hack has no direction for module {missing[0]!r} "
                        f"({len(missing)} of {len(grads)} modules missing)")
     out, stats = {}, []
-    for n, g in grads.items():
-        Vn = as_basis(V[n]).to(g.device)
+    for n, g_raw in grads.items():
+        # in at least float32: a bf16 projection leaves a rounding residue with a random direction
+        g = g_raw.to(torch.promote_types(g_raw.dtype, torch.float32))
+        Vn = as_basis(V[n]).to(g.device, g.dtype)
         g_out = project(g, Vn, mode, preserve_magnitude)
         v0 = Vn[0].float()
         gn, on = g.float().norm(), g_out.float().norm()
@@ -105,7 +107,7 @@ def project_grads(grads: dict[str, torch.Tensor], V: dict[str, torch.Tensor],
             hackward_cos(g, Vn), cos_out,
             (g.float() @ v0) / gn.clamp(min=1e-30), (g_out.float() @ v0) / on.clamp(min=1e-30),
             gn, on]))
-        out[n] = g_out
+        out[n] = g_out.to(g_raw.dtype)
     keys = ("cos_in", "cos_out", "signed_in", "signed_out", "norm_in", "norm_out")
     table = torch.stack(stats).cpu() if stats else torch.zeros(0, len(keys))  # one device sync
     per = {n: dict(zip(keys, row.tolist())) for n, row in zip(grads, table)}
