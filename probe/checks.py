@@ -64,8 +64,12 @@ def r2_stats(paths: Phase1Paths) -> dict[str, Any]:
     rows = replay_rows(paths, "vanilla")
     man = read_manifest(paths.arm("vanilla"))
     pool = {(r["step"], r["index"]): r for s in read_stage(paths.pool) for r in s}
-    mismatched = [(r["step"], r["index"]) for r in rows
-                  if r["loss_tokens"] != len(pool[(r["step"], r["index"])]["completion_ids"])]
+    def audit(r: dict[str, Any]) -> bool:
+        src = pool[(r["step"], r["index"])]
+        return (r["loss_tokens"] == len(src["completion_ids"])
+                and r.get("loss_start", len(src["prompt_ids"])) == len(src["prompt_ids"]))
+
+    mismatched = [(r["step"], r["index"]) for r in rows if not audit(r)]
     norms = [s["grad_norm_in"] for s in man["steps"]]
     med = statistics.median(norms) if norms else float("nan")
     return {
@@ -121,7 +125,38 @@ def r4_stats(paths: Phase1Paths, min_bucket: int = 5, caliper: float = 0.15) -> 
     out["length_matched"] = welch_greater([pure[i]["cos_S_contrib"] for i, _ in matches],
                                           [combo[j]["cos_S_contrib"] for _, j in matches]).to_dict()
     out["n_length_matched_pairs"] = len(matches)
+    out["random_null"] = random_direction_null(pure, combo, out["v_hack"]["t"])
+    out["per_problem"] = welch_greater(*_problem_means(pure, combo)).to_dict()
     return out
+
+
+def random_direction_null(pure: list[dict[str, Any]], combo: list[dict[str, Any]], t_vhack: float
+                          ) -> dict[str, Any]:
+    """Is v_hack special? The same Welch t for each of n Haar-random directions (stored per row
+    as `cos_null`): when the buckets' gradients differ in any generic way, random directions get a
+    large |t| too. Empirical p = (1 + #{|t_null| >= t_v_hack}) / (n + 1)."""
+    if not pure or "cos_null" not in pure[0]:
+        return {"n": 0, "p_empirical": float("nan"), "abs_t_q95": float("nan")}
+    a = np.array([r["cos_null"] for r in pure], dtype=float)
+    b = np.array([r["cos_null"] for r in combo], dtype=float)
+    ts = np.array([welch_greater(a[:, k], b[:, k]).t for k in range(a.shape[1])])
+    ts = ts[np.isfinite(ts)]
+    exceed = int((np.abs(ts) >= t_vhack).sum()) if math.isfinite(t_vhack) else len(ts)
+    return {"n": int(len(ts)), "abs_t_q95": float(np.quantile(np.abs(ts), 0.95)) if len(ts) else float("nan"),
+            "abs_t_median": float(np.median(np.abs(ts))) if len(ts) else float("nan"),
+            "p_empirical": (1 + exceed) / (len(ts) + 1)}
+
+
+def _problem_means(pure: list[dict[str, Any]], combo: list[dict[str, Any]]
+                   ) -> tuple[list[float], list[float]]:
+    """Per-problem mean cosines per bucket: rows of one problem are not independent samples."""
+    def means(rows: list[dict[str, Any]]) -> list[float]:
+        by: dict[Any, list[float]] = {}
+        for r in rows:
+            if _finite(r["cos_S_contrib"]):
+                by.setdefault(r["problem_id"], []).append(r["cos_S_contrib"])
+        return [sum(v) / len(v) for v in by.values()]
+    return means(pure), means(combo)
 
 
 def behaviour(paths: Phase1Paths) -> dict[str, Any]:

@@ -50,6 +50,15 @@ def norm_weighted_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]
     return torch.where(den > 0, num / den.clamp(min=EPS), torch.full_like(num, float("nan")))
 
 
+def norm_weighted_cos_many(grads: dict[str, torch.Tensor], dirs: dict[str, torch.Tensor]
+                           ) -> torch.Tensor:
+    """`norm_weighted_cos` against n directions at once: dirs (n, r) unit rows per module -> (B, n)."""
+    names = _check_names(grads, dirs)
+    num = sum(_f(grads[m]) @ dirs[m].to(grads[m].device, _f(grads[m]).dtype).T for m in names)
+    den = module_sq_norms(grads).sum(-1).sqrt()[..., None]
+    return torch.where(den > 0, num / den.clamp(min=EPS), torch.full_like(num, float("nan")))
+
+
 def normalized_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
     """`norm_weighted_cos` / √M: in [-1, 1]."""
     return norm_weighted_cos(grads, v) / math.sqrt(len(grads))

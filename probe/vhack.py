@@ -89,6 +89,26 @@ def directions_from_diffs(diffs: dict[str, torch.Tensor], k: int = 1, noise_floo
     return out
 
 
+def balanced_signs(n: int, seed: int = 0) -> torch.Tensor:
+    """±1 labels with Σ = 0 (or 1), in random order: a coin flip per pair would keep a random
+    fraction (Σs/n) of the true direction in the 'shuffled' control."""
+    g = torch.Generator().manual_seed(seed)
+    signs = torch.tensor([1] * ((n + 1) // 2) + [-1] * (n // 2))
+    return signs[torch.randperm(n, generator=g)]
+
+
+def random_unit_directions(ranks: dict[str, int], n: int, seed: int = 0
+                           ) -> dict[str, torch.Tensor]:
+    """n independent Haar-random unit vectors per module, (n, r): a null distribution of
+    directions (not mutually orthogonal, so n may exceed r)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, r in ranks.items():
+        d = torch.randn(n, r, generator=g)
+        out[name] = d / d.norm(dim=-1, keepdim=True)
+    return out
+
+
 def random_directions(ranks: dict[str, int], k: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
     """Haar-random orthonormal (k, r) per module (QR of a Gaussian with sign-fixed R)."""
     g = torch.Generator().manual_seed(seed)
@@ -104,8 +124,7 @@ def extract_all(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], config:
                 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """v_hack and both controls from one pass over the pairs; plus extraction statistics."""
     diffs = pair_grad_diffs(adapter, tokenizer, pairs, config.batch_size)
-    g = torch.Generator().manual_seed(config.seed)
-    signs = torch.randint(0, 2, (len(pairs),), generator=g) * 2 - 1
+    signs = balanced_signs(len(pairs), config.seed)
     ranks = {n: d.shape[1] for n, d in diffs.items()}
     vs = {"nll": directions_from_diffs(diffs, config.k, config.noise_floor),
           "shuffled": directions_from_diffs(diffs, config.k, config.noise_floor, signs=signs),
@@ -113,7 +132,11 @@ def extract_all(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], config:
     # how consistently pairs agree with the extracted direction (1.0 = every pair hack-ward)
     agree = torch.stack([(diffs[n].double() @ vs["nll"][n][0].double() > 0).double().mean()
                          for n in diffs]).mean().item()
+    # the shuffled control must not be a noisy copy of v_hack: report how close it came
+    shuffled_cos = torch.stack([(vs["shuffled"][n][0].double() @ vs["nll"][n][0].double())
+                                for n in diffs]).mean().item()
     stats = {"n_pairs": len(pairs), "n_modules": len(diffs), "pair_agreement": agree,
+             "mean_cos_shuffled_vs_nll": shuffled_cos,
              "hack_styles": sorted({p.hack_style for p in pairs})}
     return vs, stats
 

@@ -6,7 +6,8 @@ direction toward any completion (not specifically hack); both buckets would have
 T4's: "v_hack picks up a generic 'long-completion' signal rather than hack direction". Here
 "hacked" = a hack attempt (labels Reward Hack or Attempted RH): with the strict label every hacked
 sample has gt_pass=0 and the split would be empty. Negative controls (a Haar-random V and a
-shuffled-label V, same code) must NOT pass the same test. Too few rows in a bucket is a failure.
+shuffled-label V, same code) must NOT pass the same test, and v_hack must beat a null of 100
+Haar-random directions. Too few rows in a bucket is a failure.
 """
 from __future__ import annotations
 
@@ -57,6 +58,25 @@ def test_R4_controls_do_not_pass(stats, verdict, control):
             not _passes(w))
     _require_buckets(stats)
     assert not _passes(w), f"the {control} control passes the R4 test too: {_fmt(w)}"
+
+
+NULL_P_MAX = 0.05  # v_hack must separate the buckets better than 95% of random directions
+
+
+def test_R4_sneaky_beats_random_directions(stats, verdict):
+    """The spec's sneaky fail "v_hack is the gradient direction toward any completion": if the two
+    buckets' gradients differ generically, random directions separate them too (in either sign).
+    v_hack's t must exceed |t| of 95% of Haar-random directions on the same rows."""
+    null, t = stats["random_null"], stats["v_hack"]["t"]
+    ok = null["n"] > 0 and null["p_empirical"] < NULL_P_MAX
+    verdict("R4", "v_hack beats random directions",
+            f"t={t:+.2f} vs random |t| median {null.get('abs_t_median', float('nan')):.2f}, "
+            f"q95 {null['abs_t_q95']:.2f} (n={null['n']}); empirical p={null['p_empirical']:.3f}",
+            f"p < {NULL_P_MAX}", ok)
+    _require_buckets(stats)
+    assert null["n"] > 0, "no random-direction cosines stored (cos_null) in the vanilla replay"
+    assert ok, (f"v_hack's t={t:+.2f} is not beyond the random-direction null "
+                f"(|t| q95 {null['abs_t_q95']:.2f}, empirical p={null['p_empirical']:.3f})")
 
 
 def test_R4_sneaky_not_just_length(stats, verdict):

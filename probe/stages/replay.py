@@ -21,11 +21,12 @@ from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
 from probe.artifacts import (ArtifactError, provenance, read_rows, step_path, valid_step,
                              write_manifest, write_rows)
 from probe.batch import collate
-from probe.cosine import norm_weighted_cos, normalized_cos
+from probe.cosine import norm_weighted_cos, norm_weighted_cos_many, normalized_cos
 from probe.encoding import pad_id
 from probe.grads import per_sample_grads
 from probe.io import atomic_path, atomic_write_text
 from probe.project import project_adapter_grads_
+from probe.vhack import random_unit_directions
 from probe.world.base import World
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class ReplayConfig:
     projection: str = "one_sided"  # projected arm: one_sided | no_gate | reverse
     preserve_magnitude: bool = False
     rank: int | None = None  # δS rank: None = full rank
+    null_directions: int = 100  # Haar-random directions per row: R4's null for "is v_hack special"
     seed: int = 41
 
 
@@ -54,7 +56,8 @@ def _total_norm(grads: dict[str, torch.Tensor]) -> float:
 
 
 def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[str, dict],
-                cfg: ReplayConfig, pad: int, projected: bool, device: str
+                cfg: ReplayConfig, pad: int, projected: bool, device: str,
+                null_dirs: dict[str, torch.Tensor] | None = None
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One optimizer step's gradient on `rows`; returns per-row records and the step summary."""
     params = adapter.named_params()
@@ -69,7 +72,9 @@ def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[s
             summed[n] += g.sum(0)
         cos = {name: norm_weighted_cos(psg.grads, v) for name, v in V.items()}
         cos_n = normalized_cos(psg.grads, V["nll"])
+        null = norm_weighted_cos_many(psg.grads, null_dirs).cpu() if null_dirs else None
         norms, loss_tokens = psg.norms, batch.loss_mask.sum(-1)
+        loss_start = batch.loss_mask.argmax(-1)  # first target position: the prompt length
         for j, r in enumerate(part):
             out_rows.append({**{k: r.get(k) for k in KEEP_FROM_POOL},
                              "cos_S_contrib": float(cos["nll"][j]),
@@ -77,7 +82,10 @@ def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[s
                              "cos_random": float(cos["random"][j]),
                              "cos_shuffled": float(cos["shuffled"][j]),
                              "grad_norm": float(norms[j]), "loss": float(psg.loss[j]),
-                             "loss_tokens": int(loss_tokens[j])})
+                             "loss_tokens": int(loss_tokens[j]),
+                             "loss_start": int(loss_start[j]),
+                             **({"cos_null": [round(float(x), 5) for x in null[j]]}
+                                if null is not None else {})})
     for n, p in params.items():
         p.grad = (summed[n] / len(rows)).to(p.dtype)
     summary: dict[str, Any] = {"n_rows": len(rows), "grad_norm_in": _total_norm(adapter.grads()),
@@ -109,9 +117,12 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     pad = pad_id(world.tokenizer)
     start, summaries = _resume(stage_dir, adapter, opt, n_steps)
+    null_dirs = random_unit_directions(adapter.ranks, cfg.null_directions, cfg.seed + 1) \
+        if cfg.null_directions else None
     for s in tqdm(range(start, n_steps), desc=f"{arm} replay", leave=False):
         rows = read_rows(step_path(pool_dir, s), ("prompt_ids", "completion_ids"))
-        out_rows, summary = replay_step(adapter, rows, V, cfg, pad, arm == "projected", device)
+        out_rows, summary = replay_step(adapter, rows, V, cfg, pad, arm == "projected", device,
+                                        null_dirs)
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(adapter.parameters(), cfg.max_grad_norm)
         opt.step()

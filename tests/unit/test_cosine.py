@@ -70,3 +70,15 @@ def test_random_null_level():
     g = torch.randn(20000, 64, generator=torch.Generator().manual_seed(0))
     cos = g[:, 0] / g.norm(dim=-1)
     assert cos.pow(2).mean().sqrt().item() == pytest.approx(random_null_level({"x": 64}), rel=0.05)
+
+
+@given(module_grads_and_dirs())
+def test_many_directions_match_one_at_a_time(gd):
+    from probe.cosine import norm_weighted_cos_many
+
+    grads, dirs = gd
+    other = {n: -2.0 * v for n, v in dirs.items()}
+    many = norm_weighted_cos_many(grads, {n: torch.stack([dirs[n], other[n] / other[n].norm()])
+                                          for n in dirs})
+    assert torch.allclose(many[:, 0], norm_weighted_cos(grads, dirs))
+    assert torch.allclose(many[:, 1], -norm_weighted_cos(grads, dirs))

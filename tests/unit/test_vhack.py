@@ -69,3 +69,14 @@ def test_load_checks_module_names_and_ranks(tmp_path, tiny_model):
     (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(VHackMismatchError, match="not a readable"):
         load_vhack(tmp_path / "junk.safetensors")
+
+
+def test_balanced_signs_and_random_unit_directions():
+    from probe.vhack import balanced_signs, random_unit_directions
+
+    for n in (1, 7, 40):
+        s = balanced_signs(n, seed=3)
+        assert s.abs().eq(1).all() and s.sum().item() in (0, 1)
+    d = random_unit_directions({"m": 5}, n=50, seed=0)["m"]
+    assert d.shape == (50, 5)
+    torch.testing.assert_close(d.norm(dim=-1), torch.ones(50))
