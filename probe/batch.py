@@ -43,6 +43,9 @@ def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     if side not in ("left", "right"):
         raise ValueError(f"padding side must be 'left' or 'right', got {side!r}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("an empty prompt: every row needs a non-empty prompt (the first "
+                         "completion token must be predicted from a real token)")
     rows = [list(p) + list(c) for p, c in zip(prompts, completions)]
     width = max(len(r) for r in rows)
     b = len(rows)
@@ -54,7 +57,5 @@ def collate(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int
         ids[n, off:off + len(row)] = torch.tensor(row, dtype=torch.long)
         attn[n, off:off + len(row)] = 1
         mask[n, off + len(p):off + len(row)] = 1.0
-    if (mask[:, 0] > 0).any():
-        raise ValueError("a completion starts at position 0: every row needs a non-empty prompt")
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
     return TokenBatch(ids, attn, mask, pos)

@@ -86,20 +86,30 @@ def r2_stats(paths: Phase1Paths) -> dict[str, Any]:
 def r3_stats(paths: Phase1Paths) -> dict[str, Any]:
     """Per projected step: did cos_out fall below cos_in, how often did it fire, did ‖g‖ change."""
     steps = read_manifest(paths.arm("projected"))["steps"]
+    vanilla = read_manifest(paths.arm("vanilla"))["steps"]
     n = len(steps)
     fired = [s for s in steps if s["frac_fired"] > 0]
+    # cos_out recomputed from the gradient left in .grad (falls back to the projection's report)
+    out_key = "cos_out_applied" if steps and "cos_out_applied" in steps[0] else "cos_out"
     return {
         "n_steps": n,
-        "frac_steps_cos_out_lt_in": sum(s["cos_out"] < s["cos_in"] for s in steps) / n if n else 0.0,
+        "frac_steps_cos_out_lt_in": sum(s[out_key] < s["cos_in"] for s in steps) / n if n else 0.0,
         "mean_frac_fired": sum(s["frac_fired"] for s in steps) / n if n else 0.0,
         "mean_cos_in": sum(s["cos_in"] for s in steps) / n if n else float("nan"),
-        "mean_cos_out": sum(s["cos_out"] for s in steps) / n if n else float("nan"),
+        "mean_cos_out": sum(s[out_key] for s in steps) / n if n else float("nan"),
+        "mean_update_cos_projected": _mean(steps, "update_cos"),
+        "mean_update_cos_vanilla": _mean(vanilla, "update_cos"),
         "mean_signed_in": sum(s["signed_in"] for s in steps) / n if n else float("nan"),
         "mean_signed_out": sum(s["signed_out"] for s in steps) / n if n else float("nan"),
         "fired_steps_grad_unchanged": sum(
             1 for s in fired if s["grad_change_norm"] <= 1e-9 * max(s["grad_norm_in"], 1e-30)),
         "n_fired_steps": len(fired),
     }
+
+
+def _mean(steps: list[dict[str, Any]], key: str) -> float:
+    vals = [s[key] for s in steps if key in s]
+    return sum(vals) / len(vals) if vals else float("nan")
 
 
 def r4_stats(paths: Phase1Paths, min_bucket: int = 5, caliper: float = 0.15) -> dict[str, Any]:

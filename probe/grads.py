@@ -50,7 +50,9 @@ def per_sample_loss(model: torch.nn.Module, batch: TokenBatch,
                     token_weights: torch.Tensor | None = None) -> torch.Tensor:
     """(B,) losses; weights are multiplied by the loss mask, so prompt/pad can never contribute."""
     w = mean_token_weights(batch) if token_weights is None else token_weights * batch.loss_mask
-    return (token_nll(model, batch) * w.to(torch.float32)).sum(-1)
+    w = w.to(torch.float32)
+    # where(): a non-finite logit at a masked (pad) position must not leak in as NaN * 0
+    return torch.where(w != 0, token_nll(model, batch) * w, torch.zeros_like(w)).sum(-1)
 
 
 def per_sample_grads(adapter: Adapter, batch: TokenBatch,

@@ -26,7 +26,9 @@ def stats(phase1):
 def test_R3_cos_out_below_cos_in(stats, verdict):
     frac = stats["frac_steps_cos_out_lt_in"]
     verdict("R3", "steps with cos_out < cos_in",
-            f"{frac:.2f} of {stats['n_steps']} (mean {stats['mean_cos_in']:.4f} → {stats['mean_cos_out']:.4f})",
+            f"{frac:.2f} of {stats['n_steps']} (mean {stats['mean_cos_in']:.4f} → {stats['mean_cos_out']:.4f}; "
+            f"AdamW update hack-ward cos: projected {stats['mean_update_cos_projected']:.3f}, "
+            f"vanilla {stats['mean_update_cos_vanilla']:.3f})",
             f">= {STEP_FRAC_MIN}", frac >= STEP_FRAC_MIN)
     assert frac >= STEP_FRAC_MIN, f"cos_out < cos_in on only {frac:.2f} of steps: {stats}"
 

@@ -49,7 +49,9 @@ class _SVDBranch(nn.Module):
         r = u.shape[1] if rank is None else min(rank, u.shape[1])
         self.register_buffer("U", u[:, :r].to(weight.dtype).contiguous())
         self.register_buffer("Vh", vh[:r].to(weight.dtype).contiguous())
-        self.delta_s = nn.Parameter(torch.zeros(r, dtype=weight.dtype, device=weight.device))
+        # δS and its optimizer state stay float32 whatever the model dtype: small updates to a bf16
+        # δS would round away. U and Vh follow the weight's dtype (their size is ~2× the model's).
+        self.delta_s = nn.Parameter(torch.zeros(r, dtype=torch.float32, device=weight.device))
         self.probe: torch.Tensor | None = None  # (B, r) while probing
         self.enabled = True
 
@@ -62,7 +64,7 @@ class _SVDBranch(nn.Module):
         s = self.delta_s
         if self.probe is not None:  # per-sample offset, broadcast over the token axes
             s = s + self.probe.view(self.probe.shape[0], *([1] * (h.dim() - 2)), -1)
-        return (h * s) @ self.U.T
+        return (h * s.to(h.dtype)) @ self.U.T
 
 
 class AntipastoAdapter(Adapter):

@@ -114,6 +114,8 @@ def run_teacher_pool(world: World, cfg: PoolConfig, stage_dir: Path, device: str
             log.info("teacher pool: generating %d of %d steps into %s", len(todo), cfg.steps, stage_dir)
             teacher = world.load_teacher(device)
             merge_report = getattr(teacher, "probe_merge_report", None)
+            # kept at once: a run interrupted later resumes without reloading the teacher
+            write_manifest(stage_dir, {"merge_report": merge_report}, name="merge_report.json")
             for s in todo:
                 rows = sample_and_grade(teacher, world, schedule(problems, cfg, s), cfg.hint,
                                         cfg.group_size, cfg.seed * 100_003 + s, grader,
@@ -133,7 +135,7 @@ def run_teacher_pool(world: World, cfg: PoolConfig, stage_dir: Path, device: str
             del base
     if merge_report is None:  # resumed without loading the teacher: keep the earlier report
         try:
-            merge_report = read_manifest(stage_dir).get("merge_report")
+            merge_report = read_manifest(stage_dir, name="merge_report.json").get("merge_report")
         except ArtifactError:
             merge_report = None
     teacher_rows = [r for s in range(cfg.steps) for r in read_rows(step_path(stage_dir, s))]

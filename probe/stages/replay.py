@@ -25,7 +25,7 @@ from probe.cosine import norm_weighted_cos, norm_weighted_cos_many, normalized_c
 from probe.encoding import pad_id
 from probe.grads import per_sample_grads
 from probe.io import atomic_path, atomic_write_text
-from probe.project import project_adapter_grads_
+from probe.project import as_basis, hackward_cos, project_adapter_grads_
 from probe.vhack import random_unit_directions
 from probe.world.base import World
 
@@ -49,6 +49,12 @@ class ReplayConfig:
     rank: int | None = None  # δS rank: None = full rank
     null_directions: int = 100  # Haar-random directions per row: R4's null for "is v_hack special"
     seed: int = 41
+
+
+def _mean_hackward(vectors: dict[str, torch.Tensor], V: dict[str, torch.Tensor]) -> float:
+    """Mean over modules of ‖relu(V x)‖/‖x‖ (x in gradient orientation)."""
+    vals = [hackward_cos(x.float(), as_basis(V[n]).to(x.device).float()) for n, x in vectors.items()]
+    return float(torch.stack(vals).mean()) if vals else float("nan")
 
 
 def _total_norm(grads: dict[str, torch.Tensor]) -> float:
@@ -96,6 +102,8 @@ def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[s
         summary.update(diag.to_dict())
         after = adapter.grads()
         summary["grad_change_norm"] = _total_norm({n: after[n] - before[n] for n in before})
+        # recomputed from .grad itself, not from the projection's own report
+        summary["cos_out_applied"] = _mean_hackward(after, V["nll"])
     summary["grad_norm_out"] = _total_norm(adapter.grads())
     return out_rows, summary
 
@@ -125,8 +133,13 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
                                         null_dirs)
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(adapter.parameters(), cfg.max_grad_norm)
+        before_step = {n: p.detach().clone() for n, p in adapter.named_params().items()}
         opt.step()
         adapter.zero_grad()
+        # AdamW's preconditioner can rotate a projected gradient back toward v_hack: measure the
+        # step actually applied (before − after, i.e. in gradient orientation: > 0 = toward hacking)
+        update = {n: before_step[n] - p.detach() for n, p in adapter.named_params().items()}
+        summary["update_cos"] = _mean_hackward(update, V["nll"])
         summary["step"] = s
         summary["delta_s_norm"] = _total_norm({n: p.detach() for n, p in adapter.named_params().items()})
         summaries.append(summary)
@@ -163,12 +176,13 @@ def _resume(stage_dir: Path, adapter: AntipastoAdapter, opt: torch.optim.Optimiz
         if not all(valid_step(step_path(stage_dir, s)) for s in range(done + 1)) or done >= n_steps:
             raise ArtifactError("step files do not match the checkpoint")
         params = adapter.named_params()
-        if set(state["delta_s"]) != set(params):
+        saved = state["delta_s"]
+        if set(saved) != set(params) or any(saved[n].shape != p.shape for n, p in params.items()):
             raise ArtifactError("checkpoint modules differ from the adapter's")
+        opt.load_state_dict(state["optimizer"])  # before δS: a failure here leaves δS untouched
         with torch.no_grad():
             for n, p in params.items():
-                p.copy_(state["delta_s"][n].to(p.device, p.dtype))
-        opt.load_state_dict(state["optimizer"])
+                p.copy_(saved[n].to(p.device, p.dtype))
     except (ArtifactError, KeyError, RuntimeError, OSError) as e:
         log.warning("%s: cannot resume (%s); replaying from step 0", stage_dir, e)
         return 0, []
