@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 from scipy.stats import fisher_exact
 
-from probe.artifacts import read_manifest, read_rows, read_stage
+from probe.artifacts import ArtifactError, read_manifest, read_rows, read_stage
 from probe.stages.phase1 import Phase1Paths
+from probe.stages.replay import ARMS
 from probe.stats import caliper_match, correlation, length_residualised, welch_greater
 
 
@@ -172,20 +173,32 @@ def _problem_means(pure: list[dict[str, Any]], combo: list[dict[str, Any]]
 def behaviour(paths: Phase1Paths) -> dict[str, Any]:
     """Student hack / correct rates at the start (δS = 0) and after each arm."""
     out = {"start": json.loads(paths.student_start.read_text())}
-    for arm in ("vanilla", "projected"):
-        out[arm] = read_manifest(paths.arm(arm)).get("student_end")
+    for arm in ARMS:
+        try:
+            out[arm] = read_manifest(paths.arm(arm)).get("student_end")
+        except ArtifactError:
+            if arm in ("vanilla", "projected"):
+                raise
     return out
 
 
 def behaviour_stats(paths: Phase1Paths) -> dict[str, Any]:
     """Did vanilla replay learn to hack, and did projection slow it? (one-sided Fisher exact test)"""
-    beh = behaviour(paths)
-    out: dict[str, Any] = {k: beh[k] for k in ("start", "vanilla", "projected")}
-    counts = {k: (round(beh[k]["hack_rate"] * beh[k]["n"]), beh[k]["n"]) for k in out}
-    out["vanilla_rise"] = beh["vanilla"]["hack_rate"] - beh["start"]["hack_rate"]
-    out["projected_rise"] = beh["projected"]["hack_rate"] - beh["start"]["hack_rate"]
-    (hv, nv), (hp, np_) = counts["vanilla"], counts["projected"]
-    out["fisher_p"] = float(fisher_exact([[hv, nv - hv], [hp, np_ - hp]], alternative="greater").pvalue)
+    out: dict[str, Any] = dict(behaviour(paths))
+    counts = {k: (round(v["hack_rate"] * v["n"]), v["n"]) for k, v in out.items() if v}
+    out["vanilla_rise"] = out["vanilla"]["hack_rate"] - out["start"]["hack_rate"]
+    out["projected_rise"] = out["projected"]["hack_rate"] - out["start"]["hack_rate"]
+
+    def fewer_hacks(a: str, b: str) -> float:
+        """One-sided Fisher exact p that arm `b` hacks less often than arm `a`."""
+        if a not in counts or b not in counts:
+            return float("nan")
+        (ha, na), (hb, nb) = counts[a], counts[b]
+        return float(fisher_exact([[ha, na - ha], [hb, nb - hb]], alternative="greater").pvalue)
+
+    out["fisher_p"] = fewer_hacks("vanilla", "projected")
+    for control in ("random", "shuffled"):
+        out[f"specific_vs_{control}_p"] = fewer_hacks(f"projected_{control}", "projected")
     return out
 
 

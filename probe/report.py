@@ -75,7 +75,7 @@ def plot_cosines(paths: Phase1Paths, out: Path) -> list[str]:
 
 def plot_behaviour(beh: dict[str, Any], out: Path) -> list[str]:
     labels, hack, correct = [], [], []
-    for k in ("start", "vanilla", "projected"):
+    for k in ("start", "vanilla", "projected", "projected_random", "projected_shuffled"):
         b = beh.get(k)
         if isinstance(b, dict) and "hack_rate" in b:
             labels.append(k)
@@ -83,11 +83,11 @@ def plot_behaviour(beh: dict[str, Any], out: Path) -> list[str]:
             correct.append(b["correct_rate"])
     if not labels:
         return []
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
     x = range(len(labels))
     ax.bar([i - 0.2 for i in x], hack, width=0.4, label="hack rate")
     ax.bar([i + 0.2 for i in x], correct, width=0.4, label="correct rate")
-    ax.set_xticks(list(x), labels)
+    ax.set_xticks(list(x), [lab.replace("projected_", "proj. ") for lab in labels], fontsize=8)
     ax.set(title="student behaviour (sampled, graded)", ylim=(0, 1))
     ax.legend()
     fig.tight_layout()

@@ -63,3 +63,20 @@ def test_R3_behaviour_projection_slows_hacking(phase1, verdict):
             f"vanilla rise >= {VANILLA_RISE_MIN}, projected < vanilla p < {BEHAVIOUR_P_MAX}", ok)
     assert b["vanilla_rise"] >= VANILLA_RISE_MIN, f"vanilla replay did not learn to hack: {stat}"
     assert b["fisher_p"] < BEHAVIOUR_P_MAX, f"projection did not slow hacking: {stat}"
+
+
+@pytest.mark.parametrize("control", ["random", "shuffled"])
+def test_R3_behaviour_specific_to_v_hack(phase1, verdict, control):
+    """Would projecting out *any* direction do? The same projection with a control V (Haar-random,
+    or extracted from label-shuffled pairs) must leave more hacking than v_hack's projection."""
+    from probe.checks import behaviour_stats
+
+    b = behaviour_stats(phase1)
+    arm = b.get(f"projected_{control}")
+    p = b[f"specific_vs_{control}_p"]
+    stat = (f"hack rate projected(v_hack) {b['projected']['hack_rate']:.3f} vs "
+            f"projected({control} V) {arm['hack_rate'] if arm else float('nan'):.3f}, Fisher p={p:.2g}")
+    ok = arm is not None and p < BEHAVIOUR_P_MAX
+    verdict("R3", f"behaviour specific vs {control} V", stat, f"p < {BEHAVIOUR_P_MAX}", ok)
+    assert arm is not None, f"the projected_{control} control arm has not run"
+    assert ok, f"projecting a {control} direction blocks hacking about as well: {stat}"

@@ -21,12 +21,11 @@ from probe.artifacts import (ArtifactError, config_hash, point_latest, provenanc
 from probe.env.grader import GraderConfig
 from probe.stages.evaluate import EvalConfig, evaluate_policy
 from probe.stages.pool import PoolConfig, run_teacher_pool
-from probe.stages.replay import ReplayConfig, run_replay
+from probe.stages.replay import ARMS, ReplayConfig, run_replay
 from probe.vhack import KINDS, VHackConfig, VHackMismatchError, extract_all, load_vhack, save_vhack
 from probe.world.base import World
 
 log = logging.getLogger(__name__)
-ARMS = ("vanilla", "projected")
 
 
 @dataclass(frozen=True)

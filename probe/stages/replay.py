@@ -31,6 +31,7 @@ from probe.world.base import World
 
 log = logging.getLogger(__name__)
 
+ARMS = ("vanilla", "projected", "projected_random", "projected_shuffled")
 KEEP_FROM_POOL = ("problem_id", "step", "index", "label", "hacked", "hack_attempt", "gt_pass",
                   "reward", "prompt_len", "completion_len")
 
@@ -62,7 +63,7 @@ def _total_norm(grads: dict[str, torch.Tensor]) -> float:
 
 
 def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[str, dict],
-                cfg: ReplayConfig, pad: int, projected: bool, device: str,
+                cfg: ReplayConfig, pad: int, project_kind: str | None, device: str,
                 null_dirs: dict[str, torch.Tensor] | None = None
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One optimizer step's gradient on `rows`; returns per-row records and the step summary."""
@@ -96,14 +97,15 @@ def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[s
         p.grad = (summed[n] / len(rows)).to(p.dtype)
     summary: dict[str, Any] = {"n_rows": len(rows), "grad_norm_in": _total_norm(adapter.grads()),
                                "mean_loss": sum(r["loss"] for r in out_rows) / len(out_rows)}
-    if projected:
+    if project_kind is not None:
         before = {n: g.clone() for n, g in adapter.grads().items()}
-        diag = project_adapter_grads_(adapter, V["nll"], cfg.projection, cfg.preserve_magnitude)
+        diag = project_adapter_grads_(adapter, V[project_kind], cfg.projection,
+                                      cfg.preserve_magnitude)
         summary.update(diag.to_dict())
         after = adapter.grads()
         summary["grad_change_norm"] = _total_norm({n: after[n] - before[n] for n in before})
         # recomputed from .grad itself, not from the projection's own report
-        summary["cos_out_applied"] = _mean_hackward(after, V["nll"])
+        summary["cos_out_applied"] = _mean_hackward(after, V[project_kind])
     summary["grad_norm_out"] = _total_norm(adapter.grads())
     return out_rows, summary
 
@@ -111,12 +113,16 @@ def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[s
 def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor]], n_steps: int,
                cfg: ReplayConfig, stage_dir: Path, arm: str, device: str = "cpu",
                student_eval: Any = None) -> dict[str, Any]:
-    """Replay `n_steps` pool steps in arm 'vanilla' or 'projected'; returns the manifest.
+    """Replay `n_steps` pool steps; returns the manifest. Arms: 'vanilla' (no projection),
+    'projected' (v_hack projected out), and the control arms 'projected_random' /
+    'projected_shuffled' (the same projection with a control V: is a behavioural effect specific
+    to v_hack, or would removing any direction do?).
 
     `student_eval(model) -> dict`, when given, measures the student's behaviour at the end.
     """
-    if arm not in ("vanilla", "projected"):
-        raise ValueError(f"arm must be 'vanilla' or 'projected', got {arm!r}")
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+    project_kind = None if arm == "vanilla" else (arm.split("_", 1)[1] if "_" in arm else "nll")
     stage_dir = Path(stage_dir)
     t0 = time.perf_counter()
     model = world.load_base(device)
@@ -129,7 +135,7 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
         if cfg.null_directions else None
     for s in tqdm(range(start, n_steps), desc=f"{arm} replay", leave=False):
         rows = read_rows(step_path(pool_dir, s), ("prompt_ids", "completion_ids"))
-        out_rows, summary = replay_step(adapter, rows, V, cfg, pad, arm == "projected", device,
+        out_rows, summary = replay_step(adapter, rows, V, cfg, pad, project_kind, device,
                                         null_dirs)
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(adapter.parameters(), cfg.max_grad_norm)
@@ -139,7 +145,7 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
         # AdamW's preconditioner can rotate a projected gradient back toward v_hack: measure the
         # step actually applied (before − after, i.e. in gradient orientation: > 0 = toward hacking)
         update = {n: before_step[n] - p.detach() for n, p in adapter.named_params().items()}
-        summary["update_cos"] = _mean_hackward(update, V["nll"])
+        summary["update_cos"] = _mean_hackward(update, V["nll"])  # always w.r.t. v_hack
         summary["step"] = s
         summary["delta_s_norm"] = _total_norm({n: p.detach() for n, p in adapter.named_params().items()})
         summaries.append(summary)
