@@ -25,7 +25,7 @@ def principal_unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm().clamp(min=EPS)
 
 
-def _check_names(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> list[str]:
+def require_modules(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> list[str]:
     missing = [n for n in grads if n not in v]
     if missing:
         raise KeyError(f"v_hack has no direction for module {missing[0]!r} "
@@ -35,7 +35,7 @@ def _check_names(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> 
 
 def module_dots(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
     """⟨c_m, v̂_m⟩ for every module: (..., M)."""
-    names = _check_names(grads, v)
+    names = require_modules(grads, v)
     return torch.stack([_f(grads[n]) @ principal_unit(v[n]).to(grads[n].device, _f(grads[n]).dtype) for n in names], -1)
 
 
@@ -53,7 +53,7 @@ def norm_weighted_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]
 def norm_weighted_cos_many(grads: dict[str, torch.Tensor], dirs: dict[str, torch.Tensor]
                            ) -> torch.Tensor:
     """`norm_weighted_cos` against n directions at once: dirs (n, r) unit rows per module -> (B, n)."""
-    names = _check_names(grads, dirs)
+    names = require_modules(grads, dirs)
     num = sum(_f(grads[m]) @ dirs[m].to(grads[m].device, _f(grads[m]).dtype).T for m in names)
     den = module_sq_norms(grads).sum(-1).sqrt()[..., None]
     return torch.where(den > 0, num / den.clamp(min=EPS), torch.full_like(num, float("nan")))
@@ -73,7 +73,7 @@ def per_module_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -
 
 def flat_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
     """Plain cosine of the concatenated gradient with the concatenated unit directions, (...,)."""
-    names = _check_names(grads, v)
+    names = require_modules(grads, v)
     g = torch.cat([_f(grads[n]) for n in names], -1)
     u = torch.cat([principal_unit(v[n]).to(g.device) for n in names], -1).to(g.dtype)
     return (g @ u) / (g.norm(dim=-1) * u.norm()).clamp(min=EPS)

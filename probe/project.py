@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from probe.adapters.base import Adapter
+from probe.cosine import require_modules
 
 MODES = ("one_sided", "no_gate", "reverse")
 FIRE_EPS = 1e-6
@@ -90,10 +91,7 @@ def project_grads(grads: dict[str, torch.Tensor], V: dict[str, torch.Tensor],
                   mode: str = "one_sided", preserve_magnitude: bool = False
                   ) -> tuple[dict[str, torch.Tensor], ProjectionDiag]:
     """Project every module's gradient (r,) against its V; returns new grads and diagnostics."""
-    missing = [n for n in grads if n not in V]
-    if missing:
-        raise KeyError(f"v_hack has no direction for module {missing[0]!r} "
-                       f"({len(missing)} of {len(grads)} modules missing)")
+    require_modules(grads, V)
     out, stats = {}, []
     for n, g_raw in grads.items():
         # in at least float32: a bf16 projection leaves a rounding residue with a random direction

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from probe.adapters.antipasto import check_names_and_ranks
 from probe.adapters.base import Adapter
 from probe.batch import collate
 from probe.encoding import encode_completion, encode_prompt, pad_id
@@ -163,16 +164,6 @@ def load_vhack(path: str | Path, ranks: dict[str, int] | None = None
     if meta.get("format") != FORMAT:
         raise VHackMismatchError(f"{path}: not a v_hack file (format={meta.get('format')!r})")
     if ranks is not None:
-        for n in ranks:
-            if n not in V:
-                extra = next((k for k in V if k not in ranks), None)
-                hint = f"; the file has e.g. {extra!r}" if extra else ""
-                raise VHackMismatchError(
-                    f"{path}: v_hack has no direction for the model's module {n!r}{hint}")
-        for n, v in V.items():
-            if n not in ranks:
-                raise VHackMismatchError(f"{path}: v_hack module {n!r} is not in the model")
-            if v.shape[-1] != ranks[n]:
-                raise VHackMismatchError(
-                    f"{path}: module {n!r} has rank {v.shape[-1]} in v_hack, {ranks[n]} in the model")
+        check_names_and_ranks({n: v.shape[-1] for n, v in V.items()}, ranks, f"{path}: v_hack",
+                              VHackMismatchError)
     return V, meta

@@ -164,14 +164,18 @@ class AntipastoAdapter(Adapter):
         return meta
 
 
-def check_names_and_ranks(saved: dict[str, int], model: dict[str, int], what: str) -> None:
-    """Raise naming the first module missing on either side, or the first rank that differs."""
+def check_names_and_ranks(saved: dict[str, int], model: dict[str, int], what: str,
+                          error: type[Exception] = AdapterStateError) -> None:
+    """Raise `error` naming the first module missing on either side, or the first rank that
+    differs; a missing module's message shows a name the file does have (a renamed model shows)."""
     for n in model:
         if n not in saved:
-            raise AdapterStateError(f"{what}: has no entry for the model's module {n!r}")
+            extra = next((k for k in saved if k not in model), None)
+            hint = f"; the file has e.g. {extra!r}" if extra else ""
+            raise error(f"{what}: has no entry for the model's module {n!r}{hint}")
     for n in saved:
         if n not in model:
-            raise AdapterStateError(f"{what}: module {n!r} is not a wrapped module of the model")
+            raise error(f"{what}: module {n!r} is not a wrapped module of the model")
     for n, r in model.items():
         if saved[n] != r:
-            raise AdapterStateError(f"{what}: module {n!r} has rank {saved[n]}, the model's is {r}")
+            raise error(f"{what}: module {n!r} has rank {saved[n]}, the model's is {r}")
