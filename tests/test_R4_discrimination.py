@@ -46,7 +46,10 @@ def _require_buckets(stats) -> None:
 
 def test_R4_pure_hack_above_hack_plus_correct(stats, verdict):
     w = stats["v_hack"]
-    verdict("R4", "v_hack: pure > hack+correct", _fmt(w), f"t > {T_MIN}, p < {P_MAX}", _passes(w))
+    # rows of one problem are correlated (G samples each): the per-problem test is reported beside
+    verdict("R4", "v_hack: pure > hack+correct",
+            f"{_fmt(w)}; per-problem means: {_fmt(stats['per_problem'])}",
+            f"t > {T_MIN}, p < {P_MAX}", _passes(w))
     _require_buckets(stats)
     assert _passes(w), f"v_hack does not discriminate: {_fmt(w)}"
 
