@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
 from probe.artifacts import (ArtifactError, config_hash, point_latest, provenance, read_manifest,
                              write_manifest)
 from probe.env.grader import GraderConfig
+from probe.io import atomic_write_text
 from probe.stages.evaluate import EvalConfig, evaluate_policy
 from probe.stages.pool import PoolConfig, run_teacher_pool
 from probe.stages.replay import ARMS, ReplayConfig, run_replay
@@ -71,6 +73,39 @@ def run_paths(world: World, cfg: Phase1Config, out_dir: str | Path = "out") -> P
     return Phase1Paths(root, cfg.replay.seed)
 
 
+STAGE_KEY = "stage_key.txt"
+
+
+def stage_keys(world: World, cfg: Phase1Config) -> dict[str, str]:
+    """What each shareable stage depends on: a changed replay setting must not regenerate the
+    teacher pool (hours on the real model), only the stages downstream of it."""
+    ident = world_identity(world)
+    return {"teacher_pool": config_hash(ident, cfg.pool, cfg.grader),
+            "v_hack": config_hash(ident, cfg.vhack, cfg.pool.hint, cfg.replay.rank)}
+
+
+def reuse_stage(runs_dir: Path, stage_dir: Path, key: str) -> bool:
+    """Copy a completed stage with the same key from a sibling run into `stage_dir` (if absent)."""
+    if (stage_dir / "manifest.json").exists():
+        return False
+    for other in sorted(Path(runs_dir).glob(f"*/{stage_dir.name}/{STAGE_KEY}")):
+        src = other.parent
+        if src == stage_dir or other.read_text().strip() != key:
+            continue
+        try:
+            read_manifest(src)
+        except ArtifactError:
+            continue
+        tmp = stage_dir.with_name(stage_dir.name + ".copying")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(stage_dir, ignore_errors=True)
+        tmp.rename(stage_dir)
+        log.info("reusing %s from %s (same stage key %s)", stage_dir.name, src, key)
+        return True
+    return False
+
+
 def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str = "cpu"
                  ) -> dict[str, dict[str, torch.Tensor]]:
     """Extract v_hack and its controls once; later calls load and validate them."""
@@ -114,11 +149,16 @@ def run_phase1(world: World, cfg: Phase1Config | None = None, out_dir: str | Pat
     write_manifest(paths.root, provenance(cfg, world=world_identity(world)), name="config.json")
     point_latest(Path(out_dir) / "probe_distill", paths.root)
     log.info("phase 1 run: %s", paths.root)
+    keys = stage_keys(world, cfg)
+    for stage in (paths.pool, paths.vhack):  # an expensive stage another run already made
+        reuse_stage(paths.root.parent, stage, keys[stage.name])
     try:
         read_manifest(paths.pool)
     except ArtifactError:
         run_teacher_pool(world, cfg.pool, paths.pool, device, cfg.grader)
     V = ensure_vhack(world, cfg, paths, device)
+    for stage in (paths.pool, paths.vhack):
+        atomic_write_text(stage / STAGE_KEY, keys[stage.name])
     ensure_student_start(world, cfg, paths, device)
     for arm in arms:
         stage = paths.arm(arm)

@@ -113,3 +113,24 @@ def test_changed_config_gets_a_new_run_dir(tiny_run):
     other = replace(CFG, replay=replace(CFG.replay, lr=2e-2))
     assert run_paths(world, other, root / "out").root != paths.root
     assert run_paths(world, CFG, root / "out").root == paths.root
+
+
+def test_changed_replay_reuses_pool_and_vhack(tiny_run):
+    """A new replay setting makes a new run dir but copies the teacher pool and v_hack over."""
+    world, paths, root = tiny_run
+    other = replace(CFG, replay=replace(CFG.replay, lr=5e-3))
+    new = run_phase1(world, other, root / "out", arms=("vanilla",))
+    assert new.root != paths.root
+    a, b = read_rows(step_path(paths.pool, 0)), read_rows(step_path(new.pool, 0))
+    assert a == b
+    assert (new.vhack / "v_nll.safetensors").read_bytes() == (paths.vhack / "v_nll.safetensors").read_bytes()
+    assert read_manifest(new.pool)["created"] == read_manifest(paths.pool)["created"]  # copied, not rerun
+
+
+def test_cli_report(tiny_run, tmp_path):
+    from probe.cli import main
+
+    _, paths, _ = tiny_run
+    assert main(["--out", str(tmp_path), "report", "--run", str(paths.root)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "### R1" in text and "hack_rate" in text and (tmp_path / "cos_steps.png").exists()
