@@ -17,7 +17,7 @@ def get_world(spec: str = "embedded", *, refresh: bool = False, out_dir: str | P
         return build_embedded_world(out_dir=out_dir, refresh=refresh)
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
-        from probe.world.real import RealWorld, RealWorldConfig  # another branch; import lazily
+        from probe.world.real import RealWorld, RealWorldConfig
 
         return RealWorld(RealWorldConfig.from_json(path))
     raise ValueError(f"unknown world {spec!r}: expected 'embedded' or the path of an existing "

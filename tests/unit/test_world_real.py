@@ -112,3 +112,17 @@ def test_bad_problem_file_is_reported(config: RealWorldConfig, tmp_path: Path) -
                                       problems=str(tmp_path / "bad.jsonl")))
     with pytest.raises(ProblemFormatError, match="bad.jsonl:1"):
         world.problems("train")
+
+
+def test_get_world_selects_a_real_world_from_json(config: RealWorldConfig, tmp_path: Path) -> None:
+    """`--world real.json` in pytest and the CLI goes through get_world."""
+    from dataclasses import asdict
+
+    from probe.world.select import get_world
+
+    path = tmp_path / "real.json"
+    path.write_text(json.dumps({k: v for k, v in asdict(config).items() if v is not None}))
+    world = get_world(str(path))
+    assert isinstance(world, RealWorld) and world.problems("eval") == RealWorld(config).problems("eval")
+    with pytest.raises(ValueError, match="unknown world"):
+        get_world(str(tmp_path / "missing.json"))
