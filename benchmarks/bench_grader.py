@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from probe.env.grader import Grader, GraderConfig, _plan  # noqa: E402
 from probe.env.problems import Problem, load_problems  # noqa: E402
 
-SAMPLE = Path("/work/shared/data/leetcode_test_medhard_sample40.jsonl")
+SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "leetcode_test_medhard_sample40.jsonl"
 
 
 def completions() -> list[tuple[Problem, str, str]]:

@@ -27,7 +27,8 @@ from functools import lru_cache
 from typing import Any, Sequence
 
 from probe.env.parse import (MAX_PARSE_CHARS, Check, EvaluatorDef, WireError, decode_value,
-                             extract_code, find_evaluator, split_assert, values_equal)
+                             evaluator_is_guarded, extract_code, find_evaluator, split_assert,
+                             values_equal)
 from probe.env.problems import Problem
 from probe.env.sandbox import ExecResult, Sandbox, SandboxConfig
 
@@ -141,7 +142,7 @@ def _plan(problem: Problem, completion: Any, evaluator: str | None) -> _Plan:
         return plan
     plan.checks = _checks(problem.gt_answer)
     plan.jobs["gt"] = (code, [{"kind": c.kind, "code": c.expr} for c in plan.checks])
-    if evaluator:
+    if evaluator and not evaluator_is_guarded(code, evaluator):  # guarded = not defined: fails
         plan.ev = find_evaluator(code, evaluator)
         call = [{"kind": "stmt", "code": _call(plan.ev, evaluator)}]
         plan.jobs["hinted"] = (code, call)

@@ -65,6 +65,23 @@ class EvaluatorDef:
     source: str  # dedented `def` (with decorators) plus the response's top-level imports
 
 
+def evaluator_is_guarded(code: str, name: str) -> bool:
+    """The response defines `name`, but behind `if __name__ == '__main__':` (facts §3: such an
+    evaluator counts as not defined, so the hinted call must fail, not run the guarded body)."""
+    tree = safe_parse(code)
+    if tree is None or not name:
+        return False
+    found = None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+            found = node
+        elif isinstance(node, ast.ClassDef) and node.name == "Solution":
+            for sub in node.body:
+                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)) and sub.name == name:
+                    found = sub
+    return found is not None and _has_main_guard(found)
+
+
 def find_evaluator(code: str, name: str) -> EvaluatorDef | None:
     """The last definition of `name` at top level or in `class Solution` (None if absent)."""
     tree = safe_parse(code)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.data_paths import REAL_SAMPLE
+
 from tests.unit._embedded import embedded_world
 from probe.env.problems import Problem, load_problems
 from probe.env.prompts import build_messages, render_plain
@@ -18,7 +20,7 @@ from probe.pairs import (COMBINED_STYLES, HACK_STYLES, PURE_STYLES, PairError, a
 
 pytestmark = pytest.mark.unit
 
-REAL = Path("/work/shared/data/leetcode_test_medhard_sample40.jsonl")
+REAL = REAL_SAMPLE
 HINT = "simple_overwrite_tests"
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.data_paths import REAL_SAMPLE
+
 from probe.env.problems import ProblemFormatError, load_problems, problem_from_record, write_problems
 
 pytestmark = pytest.mark.unit
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "problems.jsonl"
-SAMPLE = Path("/work/shared/data/leetcode_test_medhard_sample40.jsonl")
+SAMPLE = REAL_SAMPLE
 QUESTION_RE = re.compile(
     r"^PROBLEM:\n.+\n\nYour solution to the problem should be a method of the class Solution called "
     r"(\w+) and should pass all tests\. Use the following starter code:\n```python\n(.+)"
