@@ -17,6 +17,8 @@ documented as residual risk for statement steps (see sandbox.py).
 """
 from __future__ import annotations
 
+import collections
+
 import builtins
 import json
 import os
@@ -73,6 +75,12 @@ def _encode_tree(root: Any, depth: int) -> dict:
     return {"tn": out}
 
 
+# Exact classes captured before any graded code runs: a Counter or defaultdict answer equals a dict
+# literal under upstream's `==`, so it is encoded as the dict it is.
+_DICT_SUBCLASSES = (collections.Counter, collections.defaultdict, collections.OrderedDict)
+_dict_items = dict.items
+
+
 def encode(x: Any, depth: int = 0) -> Any:
     """Value -> JSON-able data, accepting only exact builtin types (plus ListNode/TreeNode)."""
     if depth > 500:
@@ -88,8 +96,9 @@ def encode(x: Any, depth: int = 0) -> Any:
         return {"tuple": [encode(v, depth + 1) for v in x]}
     if t is set or t is frozenset:
         return {t.__name__: [encode(v, depth + 1) for v in x]}
-    if t is dict:
-        return {"dict": [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in x.items()]}
+    if t is dict or any(t is c for c in _DICT_SUBCLASSES):  # dict's own accessor: no overrides
+        return {"dict": [[encode(k, depth + 1), encode(v, depth + 1)]
+                         for k, v in _dict_items(x)]}
     if t.__name__ == "ListNode":
         return _encode_list_node(x, depth)
     if t.__name__ == "TreeNode":
