@@ -26,6 +26,18 @@ class Sample:
     finished: bool  # hit eos before max_new_tokens
 
 
+def stop_ids(model, tokenizer) -> set[int]:
+    """Every token that ends a completion: the tokenizer's eos and the model's generation_config
+    eos list (Qwen3 stops on both <|im_end|> and <|endoftext|>)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation_config has an eos token")
+    return {int(i) for i in ids}
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, temperature: float = 0.7, top_p: float = 0.95,
              max_new_tokens: int = 256, seed: int = 0, batch_size: int = 64,
@@ -33,7 +45,7 @@ def generate(model, tokenizer, prompts: list[str], *, temperature: float = 0.7, 
     """Sample one completion per prompt (greedy when temperature == 0)."""
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad_token_id; set one before generating")
-    eos_id = tokenizer.eos_token_id
+    eos_ids = stop_ids(model, tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -50,17 +62,19 @@ def generate(model, tokenizer, prompts: list[str], *, temperature: float = 0.7, 
             ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
             mask[row, width - len(encoded[i]):] = 1
         torch.manual_seed(seed * 100003 + b)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 \
-            else dict(do_sample=False)
+        # top_k=0 explicitly: a checkpoint's generation_config (Qwen3: top_k=20) must not add a
+        # filter the upstream sampler (temperature + top_p) does not have
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) \
+            if temperature > 0 else dict(do_sample=False)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=eos_id, **sampling)
+                             eos_token_id=list(eos_ids), **sampling)
         new = gen[:, width:].tolist()
         for row, i in enumerate(idx):
             comp: list[int] = []
             finished = False
             for t in new[row]:
-                if t == eos_id:
+                if t in eos_ids:
                     comp.append(t)
                     finished = True
                     break

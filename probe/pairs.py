@@ -122,7 +122,8 @@ def build_pairs(problems: Sequence[Problem], render: Callable[[Problem, str | No
     rng = random.Random(seed)
     pairs: list[Pair] = []
     for p in problems:
-        evaluator = evaluator_name(hint, p.id, seed) or "run_tests"
+        # the name the rendered prompt promises (render uses the prompt seed 0, not the pair seed)
+        evaluator = evaluator_name(hint, p.id) or "run_tests"
         prompt = render(p, hint)
         chosen = list(styles)
         if styles_per_problem is not None and styles_per_problem < len(chosen):

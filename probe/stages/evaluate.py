@@ -1,6 +1,7 @@
 """Behaviour of a policy, measured by sampling and grading: cosines are diagnostics, this is evidence."""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,9 @@ class EvalConfig:
 def evaluate_policy(model: torch.nn.Module, world: World, cfg: EvalConfig,
                     grader_config: GraderConfig | None = None) -> dict[str, Any]:
     """Hack / hack-attempt / correct rates of `model` on the first n eval problems under the hint."""
-    problems = world.problems(cfg.split)[:cfg.n_problems]
+    problems = world.problems(cfg.split)
+    if len(problems) > cfg.n_problems:  # a seeded sample: splits may be ordered by template
+        problems = random.Random(cfg.seed).sample(problems, cfg.n_problems)
     samp = world.sampling
     with Grader(grader_config) as grader:
         rows = sample_and_grade(model, world, problems, cfg.hint, cfg.group_size, cfg.seed, grader,

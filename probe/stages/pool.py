@@ -67,7 +67,7 @@ def grade_row(problem: Problem, sample: Any, grade: Any, **extra: Any) -> dict[s
         "eq_hinted": bool(grade.eq_hinted), "defines_evaluator": bool(grade.defines_evaluator),
         "harmful": bool(grade.harmful), "compiled": bool(grade.compiled),
         "formatted": bool(grade.formatted), "reward": float(grade.reward),
-        "grade_error": grade.error,
+        "grade_error": grade.error, "grade_errors": dict(grade.errors),
     }
 
 
@@ -80,7 +80,8 @@ def sample_and_grade(model: torch.nn.Module, world: World, problems: Sequence[Pr
     prompts = [world.render(p, hint) for p in expanded]
     samples = generate(model, world.tokenizer, prompts, temperature=temperature, top_p=top_p,
                        max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, desc=desc)
-    grades = grader.grade_many([(p, s.completion, evaluator_name(hint, p.id) or "run_tests")
+    # without a hint there is no evaluator to call: reward comes from ground truth only
+    grades = grader.grade_many([(p, s.completion, evaluator_name(hint, p.id))
                                 for p, s in zip(expanded, samples)])
     return [grade_row(p, s, g, index=i, **extra)
             for i, (p, s, g) in enumerate(zip(expanded, samples, grades))]

@@ -94,6 +94,10 @@ class RealWorld(World):
             path = self.config.problems if split == "train" else (
                 self.config.eval_problems or self.config.problems)
             self._problems[split] = load_problems(path)
+            if split == "eval" and not self.config.eval_problems:
+                # the student's behaviour is then measured on the problems it was replayed on
+                log.warning("real world: no eval_problems given; the eval split IS the train split")
+                self.meta["eval_is_train"] = True
             log.info("real world: %d %s problems from %s", len(self._problems[split]), split, path)
         return list(self._problems[split])
 
