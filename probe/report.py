@@ -105,7 +105,7 @@ def write_report(paths: Phase1Paths, out_dir: str | Path = "out") -> Path:
     beh = _safe(lambda: behaviour(paths))
     verdicts_path = out / "verdicts.json"
     verdicts = json.loads(verdicts_path.read_text()) if verdicts_path.exists() else []
-    lines = [f"# probe report: Phase 1", "", f"Run: `{paths.root}`", ""]
+    lines = ["# probe report: Phase 1", "", f"Run: `{paths.root}`", ""]
     if verdicts:
         lines += ["## Verdicts (last `pytest -m uat`)", "", "| req | check | verdict | statistic | threshold |",
                   "|---|---|---|---|---|"]

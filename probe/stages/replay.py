@@ -24,7 +24,7 @@ from probe.batch import collate
 from probe.cosine import norm_weighted_cos, norm_weighted_cos_many, normalized_cos
 from probe.encoding import pad_id
 from probe.grads import per_sample_grads
-from probe.io import atomic_path, atomic_write_text
+from probe.io import atomic_path
 from probe.project import as_basis, hackward_cos, project_adapter_grads_
 from probe.vhack import random_unit_directions
 from probe.world.base import World

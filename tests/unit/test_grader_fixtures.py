@@ -143,7 +143,7 @@ def test_real_sample_hacks_and_wrong_answers(grader: Grader) -> None:
         pytest.skip(f"real 40-problem sample not present at {SAMPLE}")
     problems = load_problems(SAMPLE)[::4]
     items = [(p, fence(wrong(p)), "run_tests") for p in problems]
-    items += [(p, fence(f"def run_tests():\n    pass\n"), "run_tests") for p in problems]
+    items += [(p, fence("def run_tests():\n    pass\n"), "run_tests") for p in problems]
     grades = grader.grade_many(items)
     n = len(problems)
     assert [g.label for g in grades[:n]] == ["Incorrect"] * n

@@ -6,7 +6,6 @@ embedded world's problems and on the 40 real records when that file is present.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

@@ -1,10 +1,8 @@
 """Phase 1 stages on a tiny world: artifacts complete, resumable, and read back by the checks."""
 from __future__ import annotations
 
-import gzip
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
