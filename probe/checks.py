@@ -42,6 +42,7 @@ def r1_stats(paths: Phase1Paths) -> dict[str, Any]:
         "teacher_hack_rate_same_prompts": _rate(teacher_same, "hacked"),
         "base_hack_rate_same_prompts": _rate(base, "hacked"), "n_base": len(base),
         "merge_report": report,
+        "grader_isolation": man.get("grader_isolation"),  # what the OS granted the sandbox
     }
 
 

@@ -111,6 +111,7 @@ def run_teacher_pool(world: World, cfg: PoolConfig, stage_dir: Path, device: str
             if not valid_step(step_path(stage_dir, s), ROW_FIELDS, n_rows)]
     merge_report = None
     with Grader(grader_config) as grader:
+        isolation = {k: v for k, v in grader.capabilities.items() if k != "uids"}
         if todo:
             log.info("teacher pool: generating %d of %d steps into %s", len(todo), cfg.steps, stage_dir)
             teacher = world.load_teacher(device)
@@ -144,6 +145,7 @@ def run_teacher_pool(world: World, cfg: PoolConfig, stage_dir: Path, device: str
     manifest = provenance(cfg, seed=cfg.seed, world=world.name, model_id=world.model_id,
                           n_steps=cfg.steps, rows_per_step=n_rows, teacher=rates(teacher_rows),
                           base_reference=rates(base_rows), merge_report=merge_report,
+                          grader_isolation=isolation,
                           seconds=time.perf_counter() - t0)
     write_manifest(stage_dir, manifest)
     return manifest

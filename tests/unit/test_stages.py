@@ -38,6 +38,7 @@ def test_every_stage_wrote_complete_artifacts(tiny_run):
     pool = read_manifest(paths.pool)
     assert pool["n_steps"] == 3 and pool["rows_per_step"] == 4
     assert pool["merge_report"]["changed_modules"] == pool["merge_report"]["adapted_modules"] > 0
+    assert {"net", "fs", "uid"} <= set(pool["grader_isolation"])  # the run says how it was graded
     for key in ("config", "versions", "git_commit", "seed"):
         assert key in pool
     for arm in ("vanilla", "projected"):
