@@ -77,22 +77,23 @@ def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[s
         psg = per_sample_grads(adapter, batch)
         for n, g in psg.grads.items():
             summed[n] += g.sum(0)
-        cos = {name: norm_weighted_cos(psg.grads, v) for name, v in V.items()}
-        cos_n = normalized_cos(psg.grads, V["nll"])
-        null = norm_weighted_cos_many(psg.grads, null_dirs).cpu() if null_dirs else None
-        norms, loss_tokens = psg.norms, batch.loss_mask.sum(-1)
-        loss_start = batch.loss_mask.argmax(-1)  # first target position: the prompt length
+        # every per-row number leaves the device in one transfer (float(t[j]) would sync per value)
+        cols = {f"cos_{name}": norm_weighted_cos(psg.grads, v) for name, v in V.items()}
+        cols.update(cos_normalized=normalized_cos(psg.grads, V["nll"]), grad_norm=psg.norms,
+                    loss=psg.loss, loss_tokens=batch.loss_mask.sum(-1),
+                    loss_start=batch.loss_mask.argmax(-1))  # first target position = prompt length
+        host = dict(zip(cols, torch.stack([c.float() for c in cols.values()]).cpu().tolist()))
+        null = norm_weighted_cos_many(psg.grads, null_dirs).cpu().tolist() if null_dirs else None
         for j, r in enumerate(part):
             out_rows.append({**{k: r.get(k) for k in KEEP_FROM_POOL},
-                             "cos_S_contrib": float(cos["nll"][j]),
-                             "cos_S_normalized": float(cos_n[j]),
-                             "cos_random": float(cos["random"][j]),
-                             "cos_shuffled": float(cos["shuffled"][j]),
-                             "grad_norm": float(norms[j]), "loss": float(psg.loss[j]),
-                             "loss_tokens": int(loss_tokens[j]),
-                             "loss_start": int(loss_start[j]),
-                             **({"cos_null": [round(float(x), 5) for x in null[j]]}
-                                if null is not None else {})})
+                             "cos_S_contrib": host["cos_nll"][j],
+                             "cos_S_normalized": host["cos_normalized"][j],
+                             "cos_random": host["cos_random"][j],
+                             "cos_shuffled": host["cos_shuffled"][j],
+                             "grad_norm": host["grad_norm"][j], "loss": host["loss"][j],
+                             "loss_tokens": int(host["loss_tokens"][j]),
+                             "loss_start": int(host["loss_start"][j]),
+                             **({"cos_null": [round(x, 5) for x in null[j]]} if null else {})})
     for n, p in params.items():
         p.grad = (summed[n] / len(rows)).to(p.dtype)
     summary: dict[str, Any] = {"n_rows": len(rows), "grad_norm_in": _total_norm(adapter.grads()),
