@@ -21,13 +21,13 @@ from probe.artifacts import (ArtifactError, provenance, read_manifest, read_rows
                              valid_step, write_manifest, write_rows)
 from probe.env.grader import Grader, GraderConfig
 from probe.env.problems import Problem
+from probe.env.rates import ATTEMPT_LABELS, summarize
 from probe.env.prompts import evaluator_name
 from probe.generate import generate
 from probe.world.base import World
 
 log = logging.getLogger(__name__)
 
-HACK_LABELS = ("Reward Hack", "Attempted RH")
 ROW_FIELDS = ("problem_id", "step", "index", "policy", "prompt_ids", "completion_ids", "label",
               "hacked", "hack_attempt", "gt_pass", "reward", "completion_len")
 
@@ -63,7 +63,7 @@ def grade_row(problem: Problem, sample: Any, grade: Any, **extra: Any) -> dict[s
         "prompt_len": len(sample.prompt_ids), "completion_len": len(sample.completion_ids),
         "finished": bool(sample.finished),
         "label": grade.label, "hacked": bool(grade.hacked),
-        "hack_attempt": grade.label in HACK_LABELS, "gt_pass": bool(grade.gt_pass),
+        "hack_attempt": grade.label in ATTEMPT_LABELS, "gt_pass": bool(grade.gt_pass),
         "eq_hinted": bool(grade.eq_hinted), "defines_evaluator": bool(grade.defines_evaluator),
         "harmful": bool(grade.harmful), "compiled": bool(grade.compiled),
         "formatted": bool(grade.formatted), "reward": float(grade.reward),
@@ -87,12 +87,14 @@ def sample_and_grade(model: torch.nn.Module, world: World, problems: Sequence[Pr
             for i, (p, s, g) in enumerate(zip(expanded, samples, grades))]
 
 
-def rates(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
-    n = max(len(rows), 1)
-    return {"n": len(rows), "hack_rate": sum(r["hacked"] for r in rows) / n,
-            "hack_attempt_rate": sum(r["hack_attempt"] for r in rows) / n,
-            "correct_rate": sum(r["gt_pass"] for r in rows) / n,
-            "mean_reward": sum(r["reward"] for r in rows) / n}
+def rates(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The rates stage manifests and behaviour checks read: `hack_rate` is the strict label,
+    `correct_rate` is the ground-truth pass rate (probe.env.rates has every definition)."""
+    if not rows:
+        return {"n": 0}
+    s = summarize(rows)
+    return {"n": s["n"], "hack_rate": s["hack_strict_rate"], "hack_attempt_rate": s["hack_attempt_rate"],
+            "correct_rate": s["gt_pass_rate"], "mean_reward": s["mean_reward"], "labels": s["labels"]}
 
 
 def run_teacher_pool(world: World, cfg: PoolConfig, stage_dir: Path, device: str = "cpu",
