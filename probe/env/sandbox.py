@@ -9,8 +9,9 @@ Three processes, three trust levels:
 2. A *zygote* per worker: a trusted `python -c` process started with a scrubbed environment. It
    pre-imports the modules `setup_code` needs, then (when running as root) enters its own network
    namespace (no interfaces but a down loopback: no network) and mount namespace in which private,
-   root-owned tmpfs are mounted over home/work/tmp-like directories (`DEFAULT_HIDE`), with only the
-   Python installation bound back read-only. It receives jobs (setup, program, expressions to
+   root-owned tmpfs are mounted over every top-level directory except the system ones
+   (`SYSTEM_DIRS`: an allowlist, so a checkout at an unusual path such as `/check/...` is hidden too),
+   with only the Python installation bound back read-only. It receives jobs (setup, program, expressions to
    evaluate; never expected values) over a pipe and forks one child per job.
 3. A *child* per job: new session/process group, fresh 0700 scratch directory as cwd on the private
    tmpfs, scrubbed environment, stdin=/dev/null, stdout+stderr to a file capped by RLIMIT_FSIZE,
@@ -56,8 +57,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HIDE = ("/root", "/home", "/work", "/tmp", "/var/tmp", "/dev/shm", "/mnt", "/srv", "/opt",
-                "/media", "/run", "/data", "/workspace")
+# Top-level directories graded code may still see; every other one is hidden (allowlist, not a
+# denylist: the repo or the data may live anywhere, e.g. CI checks out under /check).
+SYSTEM_DIRS = frozenset({"usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "etc", "proc",
+                         "sys", "dev"})
+ALSO_HIDE = ("/dev/shm",)
 PRELOAD = ("random", "functools", "collections", "string", "math", "datetime", "typing",
            "itertools", "heapq", "bisect", "operator", "json", "re", "copy", "fractions",
            "decimal", "statistics", "array", "sortedcontainers")
@@ -122,6 +126,14 @@ def _needed_paths() -> list[str]:
     return sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
 
 
+def _paths_to_hide(extra: list[str]) -> list[str]:
+    """Every top-level directory outside `SYSTEM_DIRS`, `/dev/shm`, the checkout this module lives
+    in (in case it sits under a system directory) and the caller's extra paths."""
+    tops = sorted("/" + n for n in os.listdir("/") if n not in SYSTEM_DIRS)
+    checkout = os.path.realpath(Path(__file__).resolve().parents[2])
+    return ["/tmp"] + tops + list(ALSO_HIDE) + [checkout] + extra
+
+
 def _hide(paths: list[str], keep: list[str]) -> list[str]:
     """Mount a root-owned tmpfs over each path, binding `keep` paths back read-only."""
     hidden = []
@@ -160,7 +172,7 @@ def _isolate(cfg: SandboxConfig) -> dict[str, Any]:
                     _mount("none", "/", None, _MS_REC | _MS_PRIVATE, None)
                     keep = _needed_paths()
                     extra = [os.path.realpath(p) for p in cfg.hide_paths]
-                    caps["hidden"] = _hide(list(DEFAULT_HIDE) + extra, keep)
+                    caps["hidden"] = _hide(_paths_to_hide(extra), keep)
                     caps["fs"] = "/tmp" in caps["hidden"]
                     if caps["fs"]:
                         caps["scratch_root"] = "/tmp"

@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from probe.env.parse import decode_value
-from probe.env.sandbox import ExecResult, Sandbox, SandboxConfig
+from probe.env.sandbox import SYSTEM_DIRS, ExecResult, Sandbox, SandboxConfig, _needed_paths
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
@@ -103,6 +103,21 @@ def test_host_directories_are_hidden(sb: Sandbox) -> None:
     readme, root, _ = value(sb, prog)
     assert readme is False
     assert value(sb, "import os\ndef probe():\n    return os.listdir('/tmp')\n") != []  # own dir
+
+
+def test_only_system_directories_and_the_python_install_are_visible(sb: Sandbox) -> None:
+    """Allowlist, not denylist: wherever the checkout or data live (CI uses /check/...), every
+    top-level directory outside SYSTEM_DIRS is an empty tmpfs except for the path down to Python."""
+    if not sb.capabilities.get("fs"):
+        pytest.skip("mount namespace unavailable (needs root): host files are readable")
+    prog = ("import os\ndef ls(d):\n    try:\n        return sorted(os.listdir(d))\n"
+            "    except PermissionError:\n        return []\n"  # unreadable to the child: fine
+            "def probe():\n    return sorted([n, ls('/' + n)]"
+            f" for n in os.listdir('/') if n not in {sorted(SYSTEM_DIRS)!r} and n != 'tmp'"
+            " and os.path.isdir('/' + n) and not os.path.islink('/' + n))\n")
+    leading = {Path(k).parts[2] for k in _needed_paths() if len(Path(k).parts) > 2}
+    for top, entries in value(sb, prog):
+        assert set(entries) <= leading, (top, entries)
 
 
 def test_runs_as_an_unprivileged_uid(sb: Sandbox) -> None:
