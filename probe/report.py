@@ -65,7 +65,8 @@ def plot_cosines(paths: Phase1Paths, out: Path) -> list[str]:
             if vals:
                 ax[i].hist(vals, bins=20, alpha=0.6, label=f"{lab} (n={len(vals)})")
         ax[i].set(title=f"cos by bucket: {title}")
-        ax[i].legend(fontsize=7)
+        if ax[i].get_legend_handles_labels()[0]:  # a bucket can be empty on tiny runs
+            ax[i].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "cos_buckets.png", dpi=100)
     plt.close(fig)
