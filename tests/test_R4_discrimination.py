@@ -88,7 +88,7 @@ def test_R4_sneaky_not_just_length(stats, verdict):
     corr = stats["cos_length_corr"]
     verdict("R4", "length-residualised pure > combined",
             f"{_fmt(w)}; corr(cos, len) spearman={corr['spearman']:+.2f}; "
-            f"mean len {stats['len_pure_mean']} vs {stats['len_combined_mean']}; "
+            f"mean len {stats['len_pure_mean']:.1f} vs {stats['len_combined_mean']:.1f} tokens; "
             f"matched: {_fmt(stats['length_matched'])}",
             f"p < {P_MAX}", math.isfinite(w["p"]) and w["p"] < P_MAX)
     _require_buckets(stats)
