@@ -1,0 +1,102 @@
+"""The statistics R4 rests on, on synthetic rows whose truth is known.
+
+Each check here is the unit-level guard for one of R4's ways of being fooled: a one-sided test
+with the wrong sign, a length confound read as a hack direction, a matching that reuses rows, and
+a "v_hack discriminates" claim that any direction would also make.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from probe.checks import random_direction_null
+from probe.stats import caliper_match, length_residualised, welch_greater
+
+pytestmark = pytest.mark.unit
+
+
+def test_welch_greater_is_one_sided_in_the_stated_direction() -> None:
+    rng = np.random.default_rng(0)
+    hi, lo = rng.normal(1.0, 1.0, 50), rng.normal(0.0, 1.0, 50)
+    assert welch_greater(hi, lo).p < 1e-4 and welch_greater(hi, lo).t > 0
+    assert welch_greater(lo, hi).p > 0.99 and welch_greater(lo, hi).t < 0  # inverted sign fails
+    ref = sps.ttest_ind(hi, lo, equal_var=False, alternative="greater")
+    assert welch_greater(hi, lo).p == pytest.approx(ref.pvalue)
+
+
+def test_welch_greater_ignores_nan_and_reports_nan_for_tiny_groups() -> None:
+    w = welch_greater([1.0, float("nan"), 2.0, 3.0], [0.0, 0.5, float("nan")])
+    assert (w.n_a, w.n_b) == (3, 2)
+    tiny = welch_greater([1.0], [0.0, 1.0])
+    assert np.isnan(tiny.t) and np.isnan(tiny.p)
+
+
+def _length_world(rng: np.random.Generator, effect: float, n: int = 200
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pure rows short, combined rows long; cos falls with log length, plus `effect` for pure."""
+    pure = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    lens = np.where(pure, rng.integers(2, 8, 2 * n), rng.integers(8, 30, 2 * n)).astype(float)
+    cos = -0.3 * np.log(lens) + effect * pure + rng.normal(0, 0.05, 2 * n)
+    return cos, lens, pure
+
+
+def test_a_pure_length_effect_does_not_survive_residualisation() -> None:
+    """The 'long-completion' sneaky fail: raw buckets differ, but only through length."""
+    cos, lens, pure = _length_world(np.random.default_rng(1), effect=0.0)
+    assert welch_greater(cos[pure], cos[~pure]).p < 1e-6  # the confound looks like a finding
+    resid = length_residualised(cos, lens)
+    assert welch_greater(resid[pure], resid[~pure]).p > 0.05
+
+
+def test_a_real_bucket_effect_survives_residualisation() -> None:
+    cos, lens, pure = _length_world(np.random.default_rng(2), effect=0.3)
+    resid = length_residualised(cos, lens)
+    assert welch_greater(resid[pure], resid[~pure]).p < 1e-3
+
+
+def test_residualisation_keeps_nan_rows_nan_and_handles_constant_length() -> None:
+    out = length_residualised([1.0, float("nan"), 3.0, 5.0], [2, 3, 4, 5])
+    assert np.isnan(out[1]) and np.isfinite(out[[0, 2, 3]]).all()
+    flat = length_residualised([1.0, 2.0, 3.0], [4, 4, 4])
+    assert flat == pytest.approx([-1.0, 0.0, 1.0])
+
+
+@given(st.lists(st.integers(1, 40), max_size=25), st.lists(st.integers(1, 40), max_size=25),
+       st.floats(0.0, 0.5))
+def test_caliper_match_is_one_to_one_and_within_the_caliper(a: list[int], b: list[int],
+                                                             caliper: float) -> None:
+    pairs = caliper_match(a, b, caliper)
+    assert len({i for i, _ in pairs}) == len(pairs) == len({j for _, j in pairs})
+    for i, j in pairs:
+        assert abs(a[i] - b[j]) / max(a[i], b[j], 1) <= caliper + 1e-12
+
+
+def test_caliper_match_finds_exact_matches() -> None:
+    assert sorted(caliper_match([5, 10], [10, 5, 99], 0.0)) == [(0, 1), (1, 0)]
+
+
+def _rows(null: np.ndarray) -> list[dict]:
+    return [{"cos_null": list(map(float, r))} for r in null]
+
+
+def test_random_direction_null_calls_a_generic_difference_unspecial() -> None:
+    """When every direction separates the buckets (their gradients differ in norm, say), v_hack's
+    large t is what any direction gets: the empirical p must be large."""
+    rng = np.random.default_rng(3)
+    pure = rng.normal(0.5, 1.0, (60, 50))
+    combo = rng.normal(0.0, 1.0, (60, 50))
+    t_typical = float(np.median([welch_greater(pure[:, k], combo[:, k]).t for k in range(50)]))
+    out = random_direction_null(_rows(pure), _rows(combo), t_typical)
+    assert out["n"] == 50 and out["p_empirical"] > 0.3
+
+
+def test_random_direction_null_calls_a_specific_difference_special() -> None:
+    rng = np.random.default_rng(4)
+    pure, combo = rng.normal(0, 1, (60, 50)), rng.normal(0, 1, (60, 50))
+    out = random_direction_null(_rows(pure), _rows(combo), t_vhack=8.0)
+    assert out["p_empirical"] == pytest.approx(1 / 51)
+    missing = random_direction_null([{}], [{}], 8.0)
+    assert missing["n"] == 0 and np.isnan(missing["p_empirical"])
