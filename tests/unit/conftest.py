@@ -32,5 +32,8 @@ def ragged_pairs() -> tuple[list[list[int]], list[list[int]]]:
         return torch.randint(1, VOCAB, (n,), generator=g).tolist()
 
     prompts = [seq(n) for n in (5, 9, 3, 7)]
-    completions = [seq(n) for n in (6, 2, 8, 4)]
+    completions = [seq(n) for n in (6, 3, 8, 1)]
+    totals = [len(p) + len(c) for p, c in zip(prompts, completions)]
+    # the batch must really pad (and by different amounts), or padding tests test nothing
+    assert len(set(totals)) >= 3, totals
     return prompts, completions

@@ -55,6 +55,7 @@ def test_mask_marks_exactly_the_completion_tokens(ragged_pairs):
     prompts, completions = ragged_pairs
     for side in ("left", "right"):
         batch = collate(prompts, completions, pad_id=PAD, side=side)
+        assert (batch.attention_mask == 0).any(dim=1).sum() >= 3  # rows really are padded
         for n, (p, c) in enumerate(zip(prompts, completions)):
             marked = batch.input_ids[n][batch.loss_mask[n].bool()].tolist()
             assert marked == c, (side, n)
