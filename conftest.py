@@ -91,22 +91,73 @@ def world(request: pytest.FixtureRequest):
                      refresh=_refresh_once(request.config, "world"), out_dir=_out_dir())
 
 
+class _Run:
+    """The session's Phase 1 run: one config, one directory, one lock shared by every stage
+    fixture, so xdist workers never generate the same stage twice."""
+
+    def __init__(self, config: pytest.Config, world) -> None:
+        from filelock import FileLock
+
+        from probe.stages.phase1 import Phase1Config
+
+        self.world, self.cfg, self.device = world, Phase1Config(), _device(config)
+        self.out = _out_dir()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(str(self.out / "probe_distill.lock"))
+        self.refresh = _refresh_once(config, "phase1")
+
+    def ensure(self, stage: str, *args):
+        """Run `probe.stages.phase1.<stage>` under the lock; returns the run's paths."""
+        import shutil
+
+        from probe.stages import phase1 as p1
+
+        with self.lock:
+            if self.refresh:
+                shutil.rmtree(p1.run_paths(self.world, self.cfg, self.out).root, ignore_errors=True)
+                self.refresh = False
+            paths = p1.prepare_run(self.world, self.cfg, self.out)
+            getattr(p1, stage)(self.world, self.cfg, paths, *args, self.device)
+            return paths
+
+
 @pytest.fixture(scope="session")
-def phase1(request: pytest.FixtureRequest, world):
-    """Phase 1 artifacts (teacher pool, v_hack, vanilla + projected replay), generated or resumed."""
-    import shutil
+def phase1_run(request: pytest.FixtureRequest, world) -> _Run:
+    return _Run(request.config, world)
 
-    from filelock import FileLock
 
-    from probe.stages.phase1 import Phase1Config, run_paths, run_phase1
+@pytest.fixture(scope="session")
+def teacher_pool(phase1_run: _Run):
+    """T1 artifacts (the teacher pool), generated or resumed; the run's paths."""
+    return phase1_run.ensure("ensure_pool")
 
-    cfg = Phase1Config()
-    out = _out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out / "probe_distill.lock")):
-        if _refresh_once(request.config, "phase1"):
-            shutil.rmtree(run_paths(world, cfg, out).root, ignore_errors=True)
-        return run_phase1(world, cfg, out, device=_device(request.config))
+
+@pytest.fixture(scope="session")
+def v_hack(phase1_run: _Run):
+    """v_hack and its random / shuffled controls, extracted or loaded; the run's paths."""
+    return phase1_run.ensure("ensure_vhack")
+
+
+@pytest.fixture(scope="session")
+def vanilla_replay(phase1_run: _Run):
+    """T2: vanilla replay on the pool (pool and v_hack made first if missing); the run's paths."""
+    return phase1_run.ensure("ensure_arm", "vanilla")
+
+
+@pytest.fixture(scope="session")
+def projected_replay(phase1_run: _Run):
+    """T3: projected replay on the pool; the run's paths."""
+    return phase1_run.ensure("ensure_arm", "projected")
+
+
+@pytest.fixture(scope="session")
+def phase1(phase1_run: _Run):
+    """Every Phase 1 artifact, control arms included (R3's specificity checks need them all)."""
+    from probe.stages.replay import ARMS
+
+    for arm in ARMS:
+        paths = phase1_run.ensure("ensure_arm", arm)
+    return paths
 
 
 # -- the verdict table printed at the end of `pytest -m uat` --------------------------------------

@@ -1,4 +1,5 @@
-"""The `probe` command: thin wrappers over the stages (`run`, `report`, `world`)."""
+"""The `probe` command: thin wrappers over the stages (`world`, `pool`, `vhack`, `replay`,
+`run` = all of them, `report`)."""
 from __future__ import annotations
 
 import argparse
@@ -24,18 +25,54 @@ def cmd_world(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(a: argparse.Namespace) -> int:
+def _stage_setup(a: argparse.Namespace):
+    """World, config (with --steps) and the prepared run directory every stage command shares."""
     from dataclasses import replace
 
-    from probe.stages.phase1 import Phase1Config, run_phase1
+    from probe.stages.phase1 import Phase1Config, prepare_run
     from probe.world.select import get_world
 
     world = get_world(a.world, refresh=a.refresh, out_dir=a.out)
     cfg = Phase1Config()
     if a.steps is not None:
         cfg = replace(cfg, pool=replace(cfg.pool, steps=a.steps))
-    paths = run_phase1(world, cfg, a.out, device=_device(a.device))
+    return world, cfg, prepare_run(world, cfg, a.out), _device(a.device)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from probe.stages.phase1 import run_phase1
+
+    world, cfg, paths, device = _stage_setup(a)
+    run_phase1(world, cfg, a.out, device=device)
     sys.stdout.write(f"{paths.root}\n")
+    return 0
+
+
+def cmd_pool(a: argparse.Namespace) -> int:
+    from probe.stages.phase1 import ensure_pool
+
+    world, cfg, paths, device = _stage_setup(a)
+    ensure_pool(world, cfg, paths, device)
+    sys.stdout.write(f"{paths.pool}\n")
+    return 0
+
+
+def cmd_vhack(a: argparse.Namespace) -> int:
+    from probe.stages.phase1 import ensure_vhack
+
+    world, cfg, paths, device = _stage_setup(a)
+    ensure_vhack(world, cfg, paths, device)
+    sys.stdout.write(f"{paths.vhack}\n")
+    return 0
+
+
+def cmd_replay(a: argparse.Namespace) -> int:
+    from probe.stages.phase1 import ensure_arm
+
+    world, cfg, paths, device = _stage_setup(a)
+    for arm in a.arm:
+        ensure_arm(world, cfg, paths, arm, device)
+        sys.stdout.write(f"{paths.arm(arm)}\n")
     return 0
 
 
@@ -56,18 +93,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="out", help="artifact root (default: out)")
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, fn, help_ in (("world", cmd_world, "build or load the world"),
-                            ("run", cmd_run, "run (or resume) every Phase 1 stage"),
-                            ("report", cmd_report, "write out/report.md from a run's artifacts")):
+    from probe.stages.replay import ARMS
+
+    stages = {"run": (cmd_run, "run (or resume) every Phase 1 stage"),
+              "pool": (cmd_pool, "T1: generate (or resume) the teacher pool"),
+              "vhack": (cmd_vhack, "extract v_hack and its random / shuffled controls"),
+              "replay": (cmd_replay, "T2/T3: replay arms on the pool (makes pool and v_hack if missing)")}
+    for name, (fn, help_) in {"world": (cmd_world, "build or load the world"), **stages,
+                              "report": (cmd_report, "write out/report.md from a run's artifacts")
+                              }.items():
         p = sub.add_parser(name, help=help_)
         p.set_defaults(fn=fn)
-        if name in ("world", "run"):
+        if name == "world" or name in stages:
             p.add_argument("--world", default="embedded",
                            help="'embedded' or a real-world JSON (base, teacher_adapter, problems)")
             p.add_argument("--refresh", action="store_true", help="rebuild the world")
-        if name == "run":
+        if name in stages:
             p.add_argument("--device", default="auto", help="cpu, cuda or auto")
             p.add_argument("--steps", type=int, help="teacher-pool / replay steps (default 20)")
+        if name == "replay":
+            p.add_argument("--arm", nargs="+", choices=ARMS, default=list(ARMS),
+                           help="which arms (default: all)")
         if name == "report":
             p.add_argument("--run", help="run directory (default: out/probe_distill/latest)")
     a = ap.parse_args(argv)

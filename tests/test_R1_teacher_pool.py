@@ -20,8 +20,8 @@ TEACHER_OVER_BASE_MIN = 0.20  # "far above": teacher minus base strict hack rate
 
 
 @pytest.fixture(scope="module")
-def stats(phase1):
-    return r1_stats(phase1)
+def stats(teacher_pool):
+    return r1_stats(teacher_pool)
 
 
 def test_R1_pool_complete(stats, verdict):

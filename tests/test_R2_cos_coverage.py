@@ -19,8 +19,8 @@ NORM_SPREAD_MAX = 10.0  # per-step ‖g‖ within 10× of its median across the 
 
 
 @pytest.fixture(scope="module")
-def stats(phase1):
-    return r2_stats(phase1)
+def stats(vanilla_replay):
+    return r2_stats(vanilla_replay)
 
 
 def test_R2_cos_coverage(stats, verdict):

@@ -25,8 +25,8 @@ MIN_BUCKET = 5  # a t-test on fewer rows per bucket is not evidence
 
 
 @pytest.fixture(scope="module")
-def stats(phase1):
-    return r4_stats(phase1, min_bucket=MIN_BUCKET)
+def stats(vanilla_replay):
+    return r4_stats(vanilla_replay, min_bucket=MIN_BUCKET)
 
 
 def _passes(w: dict) -> bool:

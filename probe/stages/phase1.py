@@ -106,12 +106,43 @@ def reuse_stage(runs_dir: Path, stage_dir: Path, key: str) -> bool:
     return False
 
 
+def prepare_run(world: World, cfg: Phase1Config, out_dir: str | Path = "out") -> Phase1Paths:
+    """Create the run directory (config + provenance), point `latest` at it, and copy in any
+    expensive stage a sibling run already completed with the same stage key."""
+    paths = run_paths(world, cfg, out_dir)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_manifest(paths.root, provenance(cfg, world=world_identity(world)), name="config.json")
+    point_latest(Path(out_dir) / "probe_distill", paths.root)
+    log.info("phase 1 run: %s", paths.root)
+    keys = stage_keys(world, cfg)
+    for stage in (paths.pool, paths.vhack):
+        reuse_stage(paths.root.parent, stage, keys[stage.name])
+    return paths
+
+
+def _mark_stage(world: World, cfg: Phase1Config, stage: Path) -> None:
+    atomic_write_text(stage / STAGE_KEY, stage_keys(world, cfg)[stage.name])
+
+
+def ensure_pool(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str = "cpu"
+                ) -> dict[str, Any]:
+    """T1: the teacher pool (generated, resumed at the first missing step, or read)."""
+    try:
+        manifest = read_manifest(paths.pool)
+    except ArtifactError:
+        manifest = run_teacher_pool(world, cfg.pool, paths.pool, device, cfg.grader)
+    _mark_stage(world, cfg, paths.pool)
+    return manifest
+
+
 def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str = "cpu"
                  ) -> dict[str, dict[str, torch.Tensor]]:
     """Extract v_hack and its controls once; later calls load and validate them."""
     try:
         ranks = read_manifest(paths.vhack).get("ranks")
-        return {k: load_vhack(paths.vhack_file(k), ranks)[0] for k in KINDS}
+        vs = {k: load_vhack(paths.vhack_file(k), ranks)[0] for k in KINDS}
+        _mark_stage(world, cfg, paths.vhack)
+        return vs
     except ArtifactError:
         pass
     except VHackMismatchError as e:  # a corrupt or mismatched file is re-extracted, loudly
@@ -127,46 +158,47 @@ def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: st
     write_manifest(paths.vhack, provenance(cfg.vhack, seed=cfg.vhack.seed, **meta, stats=stats,
                                            ranks=adapter.ranks))
     adapter.remove()
+    _mark_stage(world, cfg, paths.vhack)
     return vs
 
 
-def ensure_student_start(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str
+def ensure_student_start(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str = "cpu"
                          ) -> dict[str, Any]:
-    """The student at δS = 0 is the base: its behaviour is measured once, for both arms."""
-    if paths.student_start.exists():
-        return json.loads(paths.student_start.read_text())
+    """The student at δS = 0 is the base: its behaviour is measured once, for every arm."""
+    try:
+        return read_manifest(paths.root, name=paths.student_start.name)
+    except ArtifactError:
+        pass
     res = evaluate_policy(world.load_base(device), world, cfg.student_eval, cfg.grader)
-    write_manifest(paths.root, res, name=paths.student_start.name)
+    write_manifest(paths.root, provenance(cfg.student_eval, seed=cfg.student_eval.seed, **res),
+                   name=paths.student_start.name)
     return res
+
+
+def ensure_arm(world: World, cfg: Phase1Config, paths: Phase1Paths, arm: str, device: str = "cpu"
+               ) -> dict[str, Any]:
+    """T2/T3: one replay arm on the teacher pool (needs the pool and v_hack, made if missing)."""
+    if arm not in ARMS:
+        raise ValueError(f"unknown replay arm {arm!r}; expected one of {ARMS}")
+    try:
+        return read_manifest(paths.arm(arm))
+    except ArtifactError:
+        pass
+    ensure_pool(world, cfg, paths, device)
+    V = ensure_vhack(world, cfg, paths, device)
+    ensure_student_start(world, cfg, paths, device)
+    return run_replay(world, paths.pool, V, cfg.pool.steps, cfg.replay, paths.arm(arm), arm, device,
+                      student_eval=lambda m: evaluate_policy(m, world, cfg.student_eval, cfg.grader))
 
 
 def run_phase1(world: World, cfg: Phase1Config | None = None, out_dir: str | Path = "out",
                device: str = "cpu", arms: tuple[str, ...] = ARMS) -> Phase1Paths:
     """Run (or resume) every Phase 1 stage; returns where the artifacts are."""
     cfg = cfg or Phase1Config()
-    paths = run_paths(world, cfg, out_dir)
-    paths.root.mkdir(parents=True, exist_ok=True)
-    write_manifest(paths.root, provenance(cfg, world=world_identity(world)), name="config.json")
-    point_latest(Path(out_dir) / "probe_distill", paths.root)
-    log.info("phase 1 run: %s", paths.root)
-    keys = stage_keys(world, cfg)
-    for stage in (paths.pool, paths.vhack):  # an expensive stage another run already made
-        reuse_stage(paths.root.parent, stage, keys[stage.name])
-    try:
-        read_manifest(paths.pool)
-    except ArtifactError:
-        run_teacher_pool(world, cfg.pool, paths.pool, device, cfg.grader)
-    V = ensure_vhack(world, cfg, paths, device)
-    for stage in (paths.pool, paths.vhack):
-        atomic_write_text(stage / STAGE_KEY, keys[stage.name])
+    paths = prepare_run(world, cfg, out_dir)
+    ensure_pool(world, cfg, paths, device)
+    ensure_vhack(world, cfg, paths, device)
     ensure_student_start(world, cfg, paths, device)
     for arm in arms:
-        stage = paths.arm(arm)
-        try:
-            read_manifest(stage)
-            continue
-        except ArtifactError:
-            pass
-        run_replay(world, paths.pool, V, cfg.pool.steps, cfg.replay, stage, arm, device,
-                   student_eval=lambda m: evaluate_policy(m, world, cfg.student_eval, cfg.grader))
+        ensure_arm(world, cfg, paths, arm, device)
     return paths

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,3 +136,34 @@ def test_cli_report(tiny_run, tmp_path):
     assert main(["--out", str(tmp_path), "report", "--run", str(paths.root)]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "### R1" in text and "hack_rate" in text and (tmp_path / "cos_steps.png").exists()
+
+
+def test_cli_stage_commands_run_one_stage_each(tmp_path, capsys):
+    """`probe pool` makes only the pool, `probe vhack` only v_hack, `probe replay --arm vanilla`
+    only that arm; each prints where its artifacts are."""
+    import json
+    from dataclasses import asdict
+
+    from probe.cli import main
+
+    world = make_tiny_world(tmp_path / "world")
+    spec = tmp_path / "world.json"
+    spec.write_text(json.dumps(asdict(world.config)))
+    out = tmp_path / "out"
+    common = ["--world", str(spec), "--steps", "1", "--device", "cpu"]
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        assert main(["--out", str(out), *args, *common]) == 0
+        return capsys.readouterr().out.strip()
+
+    pool = Path(run("pool"))
+    root = pool.parent
+    assert pool.name == "teacher_pool" and read_manifest(pool)["n_steps"] == 1
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["teacher_pool"]
+    vh = Path(run("vhack"))
+    assert vh == root / "v_hack" and read_manifest(vh)["k"] == 1
+    assert not list(root.glob("*_seed*"))
+    arm = Path(run("replay", "--arm", "vanilla"))
+    assert len(read_manifest(arm)["steps"]) == 1
+    assert [p.name for p in root.glob("*_seed*")] == [arm.name] == ["vanilla_seed41"]
