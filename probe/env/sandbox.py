@@ -161,7 +161,7 @@ def _isolate(cfg: SandboxConfig) -> dict[str, Any]:
                             "scratch_root": None, "root": os.geteuid() == 0}
     libc = _libc()
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    # before the mount namespace hides /run: the lock must be visible to every zygote on the host
+    # before the mount namespace hides /var and /run: the lock must be visible to every zygote on the host
     claim = _claim_uid(cfg) if cfg.isolate_uid and caps["root"] else None
     flags = (_CLONE_NEWNET if cfg.isolate_net else 0) | (_CLONE_NEWNS if cfg.isolate_fs else 0)
     if flags and caps["root"]:
