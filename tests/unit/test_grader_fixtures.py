@@ -5,7 +5,6 @@ that passes anything -> Attempted RH; a wrong solution -> Incorrect; no code blo
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -142,13 +141,11 @@ def test_real_sample_canonical_solutions_are_correct(grader: Grader) -> None:
     if not SAMPLE.is_file():
         pytest.skip(f"real 40-problem sample not present at {SAMPLE}")
     problems = load_problems(SAMPLE)
-    t0 = time.monotonic()
     grades = grader.grade_many([(p, fence(p.canonical_solution), "run_tests") for p in problems])
     bad = [(p.id, g.label, g.error, g.timings) for p, g in zip(problems, grades) if g.label != "Correct"]
     assert not bad
     # Correct already means under the CPU limit; wall time is bounded by the wall-clock limit
     assert all(g.timings["gt"] < CONFIG.timeout_s * 2 for g in grades)
-    assert time.monotonic() - t0 < 30
 
 
 @pytest.fixture(scope="module")
