@@ -126,8 +126,8 @@ def r4_stats(paths: Phase1Paths, min_bucket: int = 5, caliper: float = 0.15) -> 
         out[name] = welch_greater([r[key] for r in pure], [r[key] for r in combo]).to_dict()
     cos = [r["cos_S_contrib"] for r in rows]
     lens = [r["completion_len"] for r in rows]
-    out["len_pure_mean"] = float(np.mean([r["completion_len"] for r in pure])) if pure else math.nan
-    out["len_combined_mean"] = float(np.mean([r["completion_len"] for r in combo])) if combo else math.nan
+    for name, bucket in (("len_pure_mean", pure), ("len_combined_mean", combo)):
+        out[name] = float(np.mean([r["completion_len"] for r in bucket])) if bucket else math.nan
     out["cos_length_corr"] = correlation(cos, lens)
     resid = length_residualised(cos, lens)
     is_pure = np.array([not r["gt_pass"] for r in rows], dtype=bool)

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     stages = {"run": (cmd_run, "run (or resume) every Phase 1 stage"),
               "pool": (cmd_pool, "T1: generate (or resume) the teacher pool"),
               "vhack": (cmd_vhack, "extract v_hack and its random / shuffled controls"),
-              "replay": (cmd_replay, "T2/T3: replay arms on the pool (makes pool and v_hack if missing)")}
+              "replay": (cmd_replay,
+                         "T2/T3: replay arms on the pool (makes pool and v_hack if missing)")}
     for name, (fn, help_) in {"world": (cmd_world, "build or load the world"), **stages,
                               "report": (cmd_report, "write out/report.md from a run's artifacts")
                               }.items():

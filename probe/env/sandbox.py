@@ -10,8 +10,8 @@ Three processes, three trust levels:
    pre-imports the modules `setup_code` needs, then (when running as root) enters its own network
    namespace (no interfaces but a down loopback: no network) and mount namespace in which private,
    root-owned tmpfs are mounted over every top-level directory except the system ones
-   (`SYSTEM_DIRS`: an allowlist, so a checkout at an unusual path such as `/check/...` is hidden too),
-   with only the Python installation bound back read-only. It receives jobs (setup, program, expressions to
+   (`SYSTEM_DIRS`: an allowlist, so a checkout at an unusual path such as `/check/...` is hidden
+   too), with only the Python installation bound back read-only; files at / read as empty. It receives jobs (setup, program, expressions to
    evaluate; never expected values) over a pipe and forks one child per job.
 3. A *child* per job: new session/process group, fresh 0700 scratch directory as cwd on the private
    tmpfs, scrubbed environment, stdin=/dev/null, stdout+stderr to a file capped by RLIMIT_FSIZE,
@@ -57,10 +57,11 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Top-level directories graded code may still see; every other one is hidden (allowlist, not a
-# denylist: the repo or the data may live anywhere, e.g. CI checks out under /check).
+# Top-level directories graded code may still see; every other entry of / is hidden (allowlist,
+# not a denylist: the repo or the data may live anywhere, e.g. CI checks out under /check).
+# nix and gnu are read-only package stores a Python installation may load libraries from.
 SYSTEM_DIRS = frozenset({"usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "etc", "proc",
-                         "sys", "dev"})
+                         "sys", "dev", "nix", "gnu"})
 ALSO_HIDE = ("/dev/shm",)
 PRELOAD = ("random", "functools", "collections", "string", "math", "datetime", "typing",
            "itertools", "heapq", "bisect", "operator", "json", "re", "copy", "fractions",
@@ -126,12 +127,41 @@ def _needed_paths() -> list[str]:
     return sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
 
 
-def _paths_to_hide(extra: list[str]) -> list[str]:
-    """Every top-level directory outside `SYSTEM_DIRS`, `/dev/shm`, the checkout this module lives
-    in (in case it sits under a system directory) and the caller's extra paths."""
-    tops = sorted("/" + n for n in os.listdir("/") if n not in SYSTEM_DIRS)
+def _top_level_to_hide() -> tuple[list[str], list[str]]:
+    """(directories, regular files) at / outside `SYSTEM_DIRS`, skipping any entry that is (or
+    links into, or contains) a system directory: a link `/x -> /usr` must not cover libc."""
+    system = [os.path.realpath("/" + n) for n in SYSTEM_DIRS if os.path.exists("/" + n)]
+    dirs, files = [], []
+    for n in sorted(os.listdir("/")):
+        if n in SYSTEM_DIRS:
+            continue
+        r = os.path.realpath("/" + n)
+        if r == "/" or any(r == s or r.startswith(s + "/") or s.startswith(r + "/")
+                           for s in system):
+            continue
+        if os.path.isdir(r):
+            dirs.append(r)
+        elif os.path.isfile(r):
+            files.append(r)
+    return dirs, files
+
+
+def _paths_to_hide(extra: list[str]) -> tuple[list[str], list[str]]:
+    """Directories (top-level ones outside `SYSTEM_DIRS`, `/dev/shm`, the checkout this module
+    lives in, in case it sits under a system directory, and the caller's extras) and files."""
+    dirs, files = _top_level_to_hide()
     checkout = os.path.realpath(Path(__file__).resolve().parents[2])
-    return ["/tmp"] + tops + list(ALSO_HIDE) + [checkout] + extra
+    return ["/tmp"] + dirs + list(ALSO_HIDE) + [checkout] + extra, files
+
+
+def _hide_files(files: list[str]) -> list[str]:
+    """Bind /dev/null (read-only) over each file: it reads as empty."""
+    hidden = []
+    for f in files:
+        _mount("/dev/null", f, None, _MS_BIND, None)
+        _mount(None, f, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None)
+        hidden.append(f)
+    return hidden
 
 
 def _hide(paths: list[str], keep: list[str]) -> list[str]:
@@ -161,7 +191,7 @@ def _isolate(cfg: SandboxConfig) -> dict[str, Any]:
                             "scratch_root": None, "root": os.geteuid() == 0}
     libc = _libc()
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    # before the mount namespace hides /var and /run: the lock must be visible to every zygote on the host
+    # before the mount namespace hides /var and /run: every zygote on the host must see the lock
     claim = _claim_uid(cfg) if cfg.isolate_uid and caps["root"] else None
     flags = (_CLONE_NEWNET if cfg.isolate_net else 0) | (_CLONE_NEWNS if cfg.isolate_fs else 0)
     if flags and caps["root"]:
@@ -172,7 +202,9 @@ def _isolate(cfg: SandboxConfig) -> dict[str, Any]:
                     _mount("none", "/", None, _MS_REC | _MS_PRIVATE, None)
                     keep = _needed_paths()
                     extra = [os.path.realpath(p) for p in cfg.hide_paths]
-                    caps["hidden"] = _hide(_paths_to_hide(extra), keep)
+                    dirs, files = _paths_to_hide(extra)
+                    caps["hidden"] = _hide(dirs, keep)
+                    caps["hidden_files"] = _hide_files(files)
                     caps["fs"] = "/tmp" in caps["hidden"]
                     if caps["fs"]:
                         caps["scratch_root"] = "/tmp"

@@ -107,17 +107,29 @@ def test_host_directories_are_hidden(sb: Sandbox) -> None:
 
 def test_only_system_directories_and_the_python_install_are_visible(sb: Sandbox) -> None:
     """Allowlist, not denylist: wherever the checkout or data live (CI uses /check/...), every
-    top-level directory outside SYSTEM_DIRS is an empty tmpfs except for the path down to Python."""
+    top-level directory outside SYSTEM_DIRS is an empty tmpfs except for the path down to Python,
+    and every regular file at / reads as empty."""
     if not sb.capabilities.get("fs"):
         pytest.skip("mount namespace unavailable (needs root): host files are readable")
     prog = ("import os\ndef ls(d):\n    try:\n        return sorted(os.listdir(d))\n"
             "    except PermissionError:\n        return []\n"  # unreadable to the child: fine
-            "def probe():\n    return sorted([n, ls('/' + n)]"
-            f" for n in os.listdir('/') if n not in {sorted(SYSTEM_DIRS)!r} and n != 'tmp'"
-            " and os.path.isdir('/' + n) and not os.path.islink('/' + n))\n")
-    leading = {Path(k).parts[2] for k in _needed_paths() if len(Path(k).parts) > 2}
-    for top, entries in value(sb, prog):
-        assert set(entries) <= leading, (top, entries)
+            "def size(f):\n    try:\n        return len(open(f, 'rb').read(64))\n"
+            "    except OSError:\n        return 0\n"
+            "def probe():\n    tops = [n for n in os.listdir('/') if n not in "
+            f"{sorted(SYSTEM_DIRS)!r} and n != 'tmp' and not os.path.islink('/' + n)]\n"
+            "    return ([[n, ls('/' + n)] for n in tops if os.path.isdir('/' + n)],\n"
+            "            [[n, size('/' + n)] for n in tops if os.path.isfile('/' + n)])\n")
+    below: dict[str, set[str]] = {}  # top-level dir -> the entries leading to a kept path
+    for k in _needed_paths():
+        parts = Path(k).parts
+        if len(parts) > 2:
+            below.setdefault(parts[1], set()).add(parts[2])
+    dirs, files = value(sb, prog)
+    assert dirs, "no top-level directory to check"
+    for top, entries in dirs:
+        assert set(entries) <= below.get(top, set()), (top, entries)
+    for name, n_bytes in files:
+        assert n_bytes == 0, f"/{name} is readable from the sandbox"
 
 
 def test_runs_as_an_unprivileged_uid(sb: Sandbox) -> None:
