@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from probe.stages.phase1 import Phase1Paths
+    from probe.world.base import World
 
 settings.register_profile(
     "ci", derandomize=True, max_examples=60, deadline=None,
@@ -85,79 +90,107 @@ def _device(config: pytest.Config) -> str:
 @pytest.fixture(scope="session")
 def world(request: pytest.FixtureRequest):
     """The selected world (`--world`): the embedded model organism by default, built once."""
+    from filelock import FileLock
+
     from probe.world.select import get_world
 
-    return get_world(request.config.getoption("--world"),
-                     refresh=_refresh_once(request.config, "world"), out_dir=_out_dir())
+    out = _out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    # `--refresh` is decided under a lock the loading workers also take: none of them loads a
+    # world that the refreshing worker is about to delete.
+    with FileLock(str(out / "world.fixture.lock")):
+        return get_world(request.config.getoption("--world"),
+                         refresh=_refresh_once(request.config, "world"), out_dir=out)
 
 
 class _Run:
     """The session's Phase 1 run: one config, one directory, one lock shared by every stage
     fixture, so xdist workers never generate the same stage twice."""
 
-    def __init__(self, config: pytest.Config, world) -> None:
+    def __init__(self, config: pytest.Config, world: "World") -> None:
         from filelock import FileLock
 
         from probe.stages.phase1 import Phase1Config
 
-        self.world, self.cfg, self.device = world, Phase1Config(), _device(config)
+        self.config, self.world = config, world
+        self.cfg, self.device = Phase1Config(), _device(config)
         self.out = _out_dir()
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(self.out / "probe_distill.lock"))
-        self.refresh = _refresh_once(config, "phase1")
+        self.checked_refresh = False
 
-    def ensure(self, stage: str, *args):
-        """Run `probe.stages.phase1.<stage>` under the lock; returns the run's paths."""
+    def ensure(self, stage: Callable[..., object], *args: object) -> "Phase1Paths":
+        """Run one `probe.stages.phase1.ensure_*` stage under the lock; returns the run's paths.
+        `--refresh` is decided under the same lock, so no worker reads a run another deletes,
+        and a refreshed run regenerates its stages instead of copying them from a sibling run."""
         import shutil
 
-        from probe.stages import phase1 as p1
+        from probe.stages.phase1 import ensure_pool, ensure_vhack, prepare_run, run_paths
 
         with self.lock:
-            if self.refresh:
-                shutil.rmtree(p1.run_paths(self.world, self.cfg, self.out).root, ignore_errors=True)
-                self.refresh = False
-            paths = p1.prepare_run(self.world, self.cfg, self.out)
-            getattr(p1, stage)(self.world, self.cfg, paths, *args, self.device)
+            if not self.checked_refresh:
+                self.checked_refresh = True
+                if _refresh_once(self.config, "phase1"):
+                    shutil.rmtree(run_paths(self.world, self.cfg, self.out).root,
+                                  ignore_errors=True)
+                    paths = prepare_run(self.world, self.cfg, self.out, reuse=False)
+                    for shareable in (ensure_pool, ensure_vhack):  # regenerated, not copied
+                        shareable(self.world, self.cfg, paths, self.device)
+            paths = prepare_run(self.world, self.cfg, self.out)
+            stage(self.world, self.cfg, paths, *args, self.device)
             return paths
 
 
 @pytest.fixture(scope="session")
-def phase1_run(request: pytest.FixtureRequest, world) -> _Run:
+def phase1_run(request: pytest.FixtureRequest, world: "World") -> _Run:
     return _Run(request.config, world)
 
 
 @pytest.fixture(scope="session")
-def teacher_pool(phase1_run: _Run):
+def teacher_pool(phase1_run: _Run) -> "Phase1Paths":
     """T1 artifacts (the teacher pool), generated or resumed; the run's paths."""
-    return phase1_run.ensure("ensure_pool")
+    from probe.stages.phase1 import ensure_pool
+
+    return phase1_run.ensure(ensure_pool)
 
 
 @pytest.fixture(scope="session")
-def v_hack(phase1_run: _Run):
+def v_hack(phase1_run: _Run) -> "Phase1Paths":
     """v_hack and its random / shuffled controls, extracted or loaded; the run's paths."""
-    return phase1_run.ensure("ensure_vhack")
+    from probe.stages.phase1 import ensure_vhack
+
+    return phase1_run.ensure(ensure_vhack)
+
+
+def _replay(phase1_run: _Run, arm: str) -> "Phase1Paths":
+    from probe.stages.phase1 import ensure_arm
+
+    return phase1_run.ensure(ensure_arm, arm)
 
 
 @pytest.fixture(scope="session")
-def vanilla_replay(phase1_run: _Run):
-    """T2: vanilla replay on the pool (pool and v_hack made first if missing); the run's paths."""
-    return phase1_run.ensure("ensure_arm", "vanilla")
+def vanilla_replay(phase1_run: _Run, teacher_pool: "Phase1Paths", v_hack: "Phase1Paths"
+                   ) -> "Phase1Paths":
+    """T2: vanilla replay on the pool; the run's paths."""
+    return _replay(phase1_run, "vanilla")
 
 
 @pytest.fixture(scope="session")
-def projected_replay(phase1_run: _Run):
+def projected_replay(phase1_run: _Run, teacher_pool: "Phase1Paths", v_hack: "Phase1Paths"
+                     ) -> "Phase1Paths":
     """T3: projected replay on the pool; the run's paths."""
-    return phase1_run.ensure("ensure_arm", "projected")
+    return _replay(phase1_run, "projected")
 
 
 @pytest.fixture(scope="session")
-def phase1(phase1_run: _Run):
+def phase1(phase1_run: _Run, vanilla_replay: "Phase1Paths", projected_replay: "Phase1Paths"
+           ) -> "Phase1Paths":
     """Every Phase 1 artifact, control arms included (R3's specificity checks need them all)."""
     from probe.stages.replay import ARMS
 
     for arm in ARMS:
-        paths = phase1_run.ensure("ensure_arm", arm)
-    return paths
+        _replay(phase1_run, arm)
+    return vanilla_replay
 
 
 # -- the verdict table printed at the end of `pytest -m uat` --------------------------------------

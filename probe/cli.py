@@ -6,6 +6,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from probe.stages.phase1 import Phase1Config, Phase1Paths
+    from probe.world.base import World
 
 
 def _device(arg: str) -> str:
@@ -25,7 +30,7 @@ def cmd_world(a: argparse.Namespace) -> int:
     return 0
 
 
-def _stage_setup(a: argparse.Namespace):
+def _stage_setup(a: argparse.Namespace) -> tuple[World, Phase1Config, Phase1Paths, str]:
     """World, config (with --steps) and the prepared run directory every stage command shares."""
     from dataclasses import replace
 
@@ -43,7 +48,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from probe.stages.phase1 import run_phase1
 
     world, cfg, paths, device = _stage_setup(a)
-    run_phase1(world, cfg, a.out, device=device)
+    run_phase1(world, cfg, a.out, device=device, paths=paths)
     sys.stdout.write(f"{paths.root}\n")
     return 0
 

@@ -19,8 +19,9 @@ FIRED_MIN = 0.5  # spec T3: fired > 0.5 (mean fraction of modules that fired per
 
 
 @pytest.fixture(scope="module")
-def stats(phase1):
-    return r3_stats(phase1)
+def stats(projected_replay, vanilla_replay):
+    """The mechanism reads the projected arm (and the vanilla arm's update cosine)."""
+    return r3_stats(projected_replay)
 
 
 def test_R3_cos_out_below_cos_in(stats, verdict):

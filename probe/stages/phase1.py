@@ -7,7 +7,6 @@ skipped when its manifest (written last) exists, and resumes at step granularity
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -106,16 +105,17 @@ def reuse_stage(runs_dir: Path, stage_dir: Path, key: str) -> bool:
     return False
 
 
-def prepare_run(world: World, cfg: Phase1Config, out_dir: str | Path = "out") -> Phase1Paths:
-    """Create the run directory (config + provenance), point `latest` at it, and copy in any
-    expensive stage a sibling run already completed with the same stage key."""
+def prepare_run(world: World, cfg: Phase1Config, out_dir: str | Path = "out", reuse: bool = True
+                ) -> Phase1Paths:
+    """Create the run directory (config + provenance), point `latest` at it, and (with `reuse`)
+    copy in any expensive stage a sibling run already completed with the same stage key."""
     paths = run_paths(world, cfg, out_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
     write_manifest(paths.root, provenance(cfg, world=world_identity(world)), name="config.json")
     point_latest(Path(out_dir) / "probe_distill", paths.root)
     log.info("phase 1 run: %s", paths.root)
     keys = stage_keys(world, cfg)
-    for stage in (paths.pool, paths.vhack):
+    for stage in (paths.pool, paths.vhack) if reuse else ():
         reuse_stage(paths.root.parent, stage, keys[stage.name])
     return paths
 
@@ -170,8 +170,8 @@ def ensure_student_start(world: World, cfg: Phase1Config, paths: Phase1Paths, de
     except ArtifactError:
         pass
     res = evaluate_policy(world.load_base(device), world, cfg.student_eval, cfg.grader)
-    write_manifest(paths.root, provenance(cfg.student_eval, seed=cfg.student_eval.seed, **res),
-                   name=paths.student_start.name)
+    res = provenance(cfg.student_eval, seed=cfg.student_eval.seed, **res)
+    write_manifest(paths.root, res, name=paths.student_start.name)
     return res
 
 
@@ -187,15 +187,21 @@ def ensure_arm(world: World, cfg: Phase1Config, paths: Phase1Paths, arm: str, de
     ensure_pool(world, cfg, paths, device)
     V = ensure_vhack(world, cfg, paths, device)
     ensure_student_start(world, cfg, paths, device)
+
+    def student_eval(model: torch.nn.Module) -> dict[str, Any]:
+        return evaluate_policy(model, world, cfg.student_eval, cfg.grader)
+
     return run_replay(world, paths.pool, V, cfg.pool.steps, cfg.replay, paths.arm(arm), arm, device,
-                      student_eval=lambda m: evaluate_policy(m, world, cfg.student_eval, cfg.grader))
+                      student_eval=student_eval)
 
 
 def run_phase1(world: World, cfg: Phase1Config | None = None, out_dir: str | Path = "out",
-               device: str = "cpu", arms: tuple[str, ...] = ARMS) -> Phase1Paths:
-    """Run (or resume) every Phase 1 stage; returns where the artifacts are."""
+               device: str = "cpu", arms: tuple[str, ...] = ARMS,
+               paths: Phase1Paths | None = None) -> Phase1Paths:
+    """Run (or resume) every Phase 1 stage; returns where the artifacts are (`paths`: a run
+    `prepare_run` already set up)."""
     cfg = cfg or Phase1Config()
-    paths = prepare_run(world, cfg, out_dir)
+    paths = paths or prepare_run(world, cfg, out_dir)
     ensure_pool(world, cfg, paths, device)
     ensure_vhack(world, cfg, paths, device)
     ensure_student_start(world, cfg, paths, device)
