@@ -155,12 +155,16 @@ def _paths_to_hide(extra: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _hide_files(files: list[str]) -> list[str]:
-    """Bind /dev/null (read-only) over each file: it reads as empty."""
+    """Bind /dev/null (read-only) over each file: it reads as empty. Best effort per file: one
+    odd file must not cost the directory isolation (a file left readable is logged)."""
     hidden = []
     for f in files:
-        _mount("/dev/null", f, None, _MS_BIND, None)
-        _mount(None, f, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None)
-        hidden.append(f)
+        try:
+            _mount("/dev/null", f, None, _MS_BIND, None)
+            _mount(None, f, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None)
+            hidden.append(f)
+        except OSError as e:
+            log.warning("sandbox: %s stays readable (%s)", f, e)
     return hidden
 
 
