@@ -179,7 +179,15 @@ def _hide(paths: list[str], keep: list[str]) -> list[str]:
         inner = [k for k in keep if k.startswith(h.rstrip("/") + "/")]
         fds = [os.open(k, os.O_PATH | os.O_DIRECTORY) for k in inner]
         size = "512m" if h == "/tmp" else "1m"
-        _mount("tmpfs", h, "tmpfs", 0, f"mode=0755,size={size}")
+        try:
+            _mount("tmpfs", h, "tmpfs", 0, f"mode=0755,size={size}")
+        except OSError as e:
+            if h == "/tmp":  # the scratch root: without it there is no fs isolation at all
+                raise
+            log.warning("sandbox: %s stays visible (%s)", h, e)  # the others are still hidden
+            for fd in fds:
+                os.close(fd)
+            continue
         for k, fd in zip(inner, fds):
             os.makedirs(k, mode=0o755, exist_ok=True)
             _mount(f"/proc/self/fd/{fd}", k, None, _MS_BIND | _MS_REC, None)

@@ -28,6 +28,16 @@ def value(sb: Sandbox, program: str, expr: str = "probe()") -> object:
     return decode_value(recs[0]["v"])
 
 
+def require_fs_isolation(sb: Sandbox) -> None:
+    """Skip where the OS cannot give a mount namespace; fail where it could and hiding broke."""
+    caps = sb.capabilities
+    if caps.get("fs"):
+        return
+    if caps.get("root") and "ns_error" not in caps:
+        pytest.fail(f"root with namespaces, but filesystem isolation failed: {caps.get('fs_error')}")
+    pytest.skip("mount namespace unavailable (needs root): host files are readable")
+
+
 def test_values_come_back_on_the_channel_not_stdout(sb: Sandbox) -> None:
     res = sb.run("", "print('{\"i\": 0, \"v\": 99}')\ndef probe():\n    return [1, (2, 3)]\n",
                  [{"kind": "value", "code": "probe()"}], nonce="n")
@@ -95,8 +105,7 @@ def test_no_network(sb: Sandbox) -> None:
 
 
 def test_host_directories_are_hidden(sb: Sandbox) -> None:
-    if not sb.capabilities.get("fs"):
-        pytest.skip("mount namespace unavailable (needs root): host files are readable")
+    require_fs_isolation(sb)
     prog = ("import os\ndef probe():\n"
             f"    return [os.path.exists(p) for p in {[str(REPO / 'README.md'), '/root', '/home']!r}]"
             "\n")
@@ -109,8 +118,7 @@ def test_only_system_directories_and_the_python_install_are_visible(sb: Sandbox)
     """Allowlist, not denylist: wherever the checkout or data live (CI uses /check/...), every
     top-level directory outside SYSTEM_DIRS is an empty tmpfs except for the path down to Python,
     and every regular file at / reads as empty."""
-    if not sb.capabilities.get("fs"):
-        pytest.skip("mount namespace unavailable (needs root): host files are readable")
+    require_fs_isolation(sb)
     prog = ("import os\ndef ls(d):\n    try:\n        return sorted(os.listdir(d))\n"
             "    except PermissionError:\n        return []\n"  # unreadable to the child: fine
             "def size(f):\n    try:\n        return len(open(f, 'rb').read(64))\n"
