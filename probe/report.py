@@ -97,6 +97,11 @@ def plot_behaviour(beh: dict[str, Any], out: Path) -> list[str]:
     return ["behaviour.png"]
 
 
+def _cell(text: object) -> str:
+    """A markdown table cell: a `|` inside a statistic (|t|) would split the row."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def write_report(paths: Phase1Paths, out_dir: str | Path = "out") -> Path:
     """Write `<out_dir>/report.md` (+ PNGs beside it) and return its path."""
     out = Path(out_dir)
@@ -112,7 +117,8 @@ def write_report(paths: Phase1Paths, out_dir: str | Path = "out") -> Path:
                   "|---|---|---|---|---|"]
         for v in verdicts:
             mark = "PASS" if v["passed"] and v["outcome"] == "passed" else "FAIL"
-            lines.append(f"| {v['requirement']} | {v['check']} | {mark} | {v['statistic']} | {v['threshold']} |")
+            cells = [v["requirement"], v["check"], mark, v["statistic"], v["threshold"]]
+            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     lines += ["## Statistics", ""]
     for req, st in stats.items():

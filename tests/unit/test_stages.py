@@ -132,10 +132,18 @@ def test_changed_replay_reuses_pool_and_vhack(tiny_run):
 def test_cli_report(tiny_run, tmp_path):
     from probe.cli import main
 
+    import json
+    import re
+
     _, paths, _ = tiny_run
+    (tmp_path / "verdicts.json").write_text(json.dumps([{
+        "requirement": "R4", "check": "beats random", "statistic": "t=+7 vs random |t| q95 8",
+        "threshold": "p < 0.05", "passed": False, "outcome": "failed"}]))
     assert main(["--out", str(tmp_path), "report", "--run", str(paths.root)]) == 0
     text = (tmp_path / "report.md").read_text()
     assert "### R1" in text and "hack_rate" in text and (tmp_path / "cos_steps.png").exists()
+    row = next(line for line in text.splitlines() if line.startswith("| R4"))
+    assert len(re.findall(r"(?<!\\)\|", row)) == 6, row  # a |t| in a statistic stays in its cell
 
 
 def test_cli_stage_commands_run_one_stage_each(tmp_path, capsys):
