@@ -9,6 +9,7 @@ step records ‖g‖ before/after projection and cos_in / cos_out / frac_fired. 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
 from probe.artifacts import (ArtifactError, provenance, read_rows, step_path, valid_step,
                              write_manifest, write_rows)
 from probe.batch import collate
-from probe.cosine import norm_weighted_cos, norm_weighted_cos_many, normalized_cos
+from probe.cosine import norm_weighted_cos, norm_weighted_cos_many
 from probe.encoding import pad_id
 from probe.grads import per_sample_grads
 from probe.io import atomic_path
@@ -79,7 +80,8 @@ def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[s
             summed[n] += g.sum(0)
         # every per-row number leaves the device in one transfer (float(t[j]) would sync per value)
         cols = {f"cos_{name}": norm_weighted_cos(psg.grads, v) for name, v in V.items()}
-        cols.update(cos_normalized=normalized_cos(psg.grads, V["nll"]), grad_norm=psg.norms,
+        cols.update(cos_normalized=cols["cos_nll"] / math.sqrt(len(psg.grads)),  # normalized_cos
+                    grad_norm=psg.norms,
                     loss=psg.loss, loss_tokens=batch.loss_mask.sum(-1),
                     loss_start=batch.loss_mask.argmax(-1))  # first target position = prompt length
         host = dict(zip(cols, torch.stack([c.float() for c in cols.values()]).cpu().tolist()))
@@ -134,6 +136,10 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
     start, summaries = _resume(stage_dir, adapter, opt, n_steps)
     null_dirs = random_unit_directions(adapter.ranks, cfg.null_directions, cfg.seed + 1) \
         if cfg.null_directions else None
+    # on the device once, not per micro-batch (100 null directions are ~Σr×100 floats)
+    V = {kind: {n: t.to(device) for n, t in v.items()} for kind, v in V.items()}
+    if null_dirs is not None:
+        null_dirs = {n: t.to(device) for n, t in null_dirs.items()}
     for s in tqdm(range(start, n_steps), desc=f"{arm} replay", leave=False):
         rows = read_rows(step_path(pool_dir, s), ("prompt_ids", "completion_ids"))
         out_rows, summary = replay_step(adapter, rows, V, cfg, pad, project_kind, device,
