@@ -198,7 +198,10 @@ def test_specific_failure_classes(graded) -> None:
 
 
 def test_nothing_outside_scratch_was_touched(graded) -> None:
-    _, sentinel, before, connected, _ = graded
+    results, sentinel, before, connected, _ = graded
+    if "write_outside_scratch" not in results:
+        pytest.skip("no fs or uid isolation (not root): the write cases were not run, they would "
+                    "really write")
     assert sentinel.read_text() == "original"
     assert digest(PROTECTED) == before
     for p in ("/etc/probe_pwned", "/probe_pwned", "/usr/probe_pwned"):

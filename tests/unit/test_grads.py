@@ -62,10 +62,11 @@ def test_mask_marks_exactly_the_completion_tokens(ragged_pairs):
         assert batch.n_completion_tokens.tolist() == [len(c) for c in completions]
 
 
-def test_pad_token_value_does_not_matter(tiny_model, ragged_pairs):
+@pytest.mark.parametrize("side", ["left", "right"])  # left: pads sit before real tokens
+def test_pad_token_value_does_not_matter(tiny_model, ragged_pairs, side):
     adapter = AntipastoAdapter(tiny_model)
-    a = per_sample_grads(adapter, collate(*ragged_pairs, pad_id=PAD, side="right"))
-    b = per_sample_grads(adapter, collate(*ragged_pairs, pad_id=77, side="right"))
+    a = per_sample_grads(adapter, collate(*ragged_pairs, pad_id=PAD, side=side))
+    b = per_sample_grads(adapter, collate(*ragged_pairs, pad_id=77, side=side))
     assert_grads_close(a.grads, b.grads)
 
 

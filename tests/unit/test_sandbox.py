@@ -78,6 +78,7 @@ def test_timeout_kills_the_whole_tree(sb: Sandbox) -> None:
     time.sleep(0.2)
     alive = [p for p in pids if Path(f"/proc/{p}").exists()
              and "Z" not in (Path(f"/proc/{p}/stat").read_text().split()[2:3] or ["Z"])]
+    assert pids[0] not in alive  # in the killed process group: dead with or without uid isolation
     if not sb.capabilities.get("uid"):
         pytest.skip("without a per-worker uid, setsid() escapees are not tracked")
     assert alive == []
@@ -107,10 +108,9 @@ def test_no_network(sb: Sandbox) -> None:
 def test_host_directories_are_hidden(sb: Sandbox) -> None:
     require_fs_isolation(sb)
     prog = ("import os\ndef probe():\n"
-            f"    return [os.path.exists(p) for p in {[str(REPO / 'README.md'), '/root', '/home']!r}]"
+            f"    return [os.path.exists(p) for p in {[str(REPO / 'README.md')]!r}]"
             "\n")
-    readme, root, _ = value(sb, prog)
-    assert readme is False
+    assert value(sb, prog) == [False]
     assert value(sb, "import os\ndef probe():\n    return os.listdir('/tmp')\n") != []  # own dir
 
 

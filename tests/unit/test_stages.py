@@ -70,6 +70,7 @@ def test_projected_arm_changed_the_gradient_and_vanilla_did_not_project(tiny_run
     proj = read_manifest(paths.arm("projected"))["steps"]
     van = read_manifest(paths.arm("vanilla"))["steps"]
     assert all("cos_in" in s for s in proj) and not any("cos_in" in s for s in van)
+    assert any(s["frac_fired"] > 0 for s in proj), "the projection never fired: nothing checked"
     for s in proj:
         if s["frac_fired"] > 0:
             assert s["cos_out"] < s["cos_in"] and s["grad_change_norm"] > 0

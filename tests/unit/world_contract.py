@@ -39,7 +39,7 @@ def check_world_contract(world: World, splits: tuple[str, ...] = ("train", "eval
     assert isinstance(world.meta, dict)
 
     tok = world.tokenizer
-    assert tok is world.tokenizer or type(tok) is type(world.tokenizer), "tokenizer must be stable"
+    assert tok is world.tokenizer, "tokenizer must be loaded once (stages call it per batch)"
     assert tok.pad_token_id is not None, "tokenizer needs pad_token_id (batched generation pads)"
     assert tok.eos_token_id is not None, "tokenizer needs eos_token_id (generation stops on it)"
     ids = tok("class Solution:\n    pass")["input_ids"]
