@@ -117,7 +117,7 @@ class _Run:
         self.out = _out_dir()
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(self.out / "probe_distill.lock"))
-        self.checked_refresh = False
+        self.paths: Phase1Paths | None = None  # prepared once per worker
 
     def ensure(self, stage: Callable[..., object], *args: object) -> "Phase1Paths":
         """Run one `probe.stages.phase1.ensure_*` stage under the lock; returns the run's paths.
@@ -128,17 +128,17 @@ class _Run:
         from probe.stages.phase1 import ensure_pool, ensure_vhack, prepare_run, run_paths
 
         with self.lock:
-            if not self.checked_refresh:
-                self.checked_refresh = True
-                if _refresh_once(self.config, "phase1"):
+            if self.paths is None:
+                refresh = _refresh_once(self.config, "phase1")
+                if refresh:
                     shutil.rmtree(run_paths(self.world, self.cfg, self.out).root,
                                   ignore_errors=True)
-                    paths = prepare_run(self.world, self.cfg, self.out, reuse=False)
+                self.paths = prepare_run(self.world, self.cfg, self.out, reuse=not refresh)
+                if refresh:
                     for shareable in (ensure_pool, ensure_vhack):  # regenerated, not copied
-                        shareable(self.world, self.cfg, paths, self.device)
-            paths = prepare_run(self.world, self.cfg, self.out)
-            stage(self.world, self.cfg, paths, *args, self.device)
-            return paths
+                        shareable(self.world, self.cfg, self.paths, self.device)
+            stage(self.world, self.cfg, self.paths, *args, self.device)
+            return self.paths
 
 
 @pytest.fixture(scope="session")

@@ -175,18 +175,20 @@ def ensure_student_start(world: World, cfg: Phase1Config, paths: Phase1Paths, de
     return res
 
 
-def ensure_arm(world: World, cfg: Phase1Config, paths: Phase1Paths, arm: str, device: str = "cpu"
-               ) -> dict[str, Any]:
-    """T2/T3: one replay arm on the teacher pool (needs the pool and v_hack, made if missing)."""
-    if arm not in ARMS:
+def ensure_arm(world: World, cfg: Phase1Config, paths: Phase1Paths, arm: str, device: str = "cpu",
+               V: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
+    """T2/T3: one replay arm on the teacher pool. Its inputs (pool, v_hack, the student's start)
+    are made if missing, unless the caller passes `V`, having ensured them already."""
+    if arm not in ARMS:  # before any expensive input is made
         raise ValueError(f"unknown replay arm {arm!r}; expected one of {ARMS}")
     try:
         return read_manifest(paths.arm(arm))
     except ArtifactError:
         pass
-    ensure_pool(world, cfg, paths, device)
-    V = ensure_vhack(world, cfg, paths, device)
-    ensure_student_start(world, cfg, paths, device)
+    if V is None:
+        ensure_pool(world, cfg, paths, device)
+        V = ensure_vhack(world, cfg, paths, device)
+        ensure_student_start(world, cfg, paths, device)
 
     def student_eval(model: torch.nn.Module) -> dict[str, Any]:
         return evaluate_policy(model, world, cfg.student_eval, cfg.grader)
@@ -203,8 +205,8 @@ def run_phase1(world: World, cfg: Phase1Config | None = None, out_dir: str | Pat
     cfg = cfg or Phase1Config()
     paths = paths or prepare_run(world, cfg, out_dir)
     ensure_pool(world, cfg, paths, device)
-    ensure_vhack(world, cfg, paths, device)
+    V = ensure_vhack(world, cfg, paths, device)
     ensure_student_start(world, cfg, paths, device)
     for arm in arms:
-        ensure_arm(world, cfg, paths, arm, device)
+        ensure_arm(world, cfg, paths, arm, device, V=V)
     return paths
