@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from probe.adapters.antipasto import BASIS, check_basis, check_names_and_ranks
+from probe.adapters.antipasto import check_names_and_ranks
 from probe.adapters.base import Adapter
 from probe.batch import collate
 from probe.encoding import encode_completion, encode_prompt, pad_id
@@ -144,7 +144,7 @@ def extract_all(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], config:
 
 def save_vhack(path: str | Path, V: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     tensors = {n: v.detach().float().cpu().contiguous() for n, v in V.items()}
-    md = {"format": FORMAT, "basis": BASIS, "modules": json.dumps(list(V)),
+    md = {"format": FORMAT, "modules": json.dumps(list(V)),
           **{k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()}}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=md)
@@ -163,7 +163,6 @@ def load_vhack(path: str | Path, ranks: dict[str, int] | None = None
         raise VHackMismatchError(f"{path}: not a readable v_hack file ({e})") from e
     if meta.get("format") != FORMAT:
         raise VHackMismatchError(f"{path}: not a v_hack file (format={meta.get('format')!r})")
-    check_basis(meta, f"{path}: v_hack", VHackMismatchError)
     if ranks is not None:
         check_names_and_ranks({n: v.shape[-1] for n, v in V.items()}, ranks, f"{path}: v_hack",
                               VHackMismatchError)

@@ -26,9 +26,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FORMAT = "probe.delta_s.v1"
-# δS and v_hack are coordinates in this basis; an SVD's singular vectors are only defined up to
-# sign, and CPU and CUDA SVDs pick different signs. Recorded in every artifact and checked on load.
-BASIS = "svd.rows-max-abs-positive"
 
 
 class AdapterStateError(ValueError):
@@ -43,21 +40,12 @@ class AntipastoConfig:
     rank: int | None = None  # None = full rank min(d_in, d_out); else keep the top-`rank` singular axes
 
 
-def canonical_svd(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reduced float32 SVD with each Vh row's largest-magnitude entry made positive (and U's
-    column flipped with it): the same basis on every device and library (`BASIS`)."""
-    u, s, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
-    sign = torch.sign(vh.gather(1, vh.abs().argmax(1, keepdim=True))).squeeze(1)
-    sign[sign == 0] = 1
-    return u * sign, s, vh * sign[:, None]
-
-
 class _SVDBranch(nn.Module):
     """Frozen U, Vh of one Linear and its trainable δS."""
 
     def __init__(self, weight: torch.Tensor, rank: int | None) -> None:
         super().__init__()
-        u, _, vh = canonical_svd(weight)
+        u, _, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
         r = u.shape[1] if rank is None else min(rank, u.shape[1])
         self.register_buffer("U", u[:, :r].to(weight.dtype).contiguous())
         self.register_buffer("Vh", vh[:r].to(weight.dtype).contiguous())
@@ -149,7 +137,7 @@ class AntipastoAdapter(Adapter):
     def save(self, path: str | Path, base_model_id: str = "unknown") -> Path:
         """δS vectors to safetensors, with module names, ranks and base model id as metadata."""
         tensors = {n: b.delta_s.detach().float().cpu().contiguous() for n, b in self.branches.items()}
-        meta = {"format": FORMAT, "basis": BASIS, "base_model_id": base_model_id,
+        meta = {"format": FORMAT, "base_model_id": base_model_id,
                 "modules": json.dumps(list(self.branches)), "ranks": json.dumps(self.ranks)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -166,7 +154,6 @@ class AntipastoAdapter(Adapter):
             raise AdapterStateError(f"{path}: not a readable safetensors file ({e})") from e
         if meta.get("format") != FORMAT:
             raise AdapterStateError(f"{path}: not a δS state (format={meta.get('format')!r})")
-        check_basis(meta, str(path), AdapterStateError)
         if base_model_id is not None and meta.get("base_model_id") not in (base_model_id, "unknown"):
             raise AdapterStateError(f"{path}: saved for base model {meta.get('base_model_id')!r}, "
                                     f"loading into {base_model_id!r}")
@@ -175,15 +162,6 @@ class AntipastoAdapter(Adapter):
             for n, b in self.branches.items():
                 b.delta_s.copy_(tensors[n].to(b.delta_s.dtype))
         return meta
-
-
-def check_basis(meta: dict[str, str], what: str, error: type[Exception] = AdapterStateError
-                ) -> None:
-    """Coordinates saved in another singular basis (e.g. before `BASIS` was fixed) mean
-    something else: refuse them."""
-    if meta.get("basis") != BASIS:
-        raise error(f"{what}: saved in singular basis {meta.get('basis')!r}, the adapter uses "
-                    f"{BASIS!r}")
 
 
 def check_names_and_ranks(saved: dict[str, int], model: dict[str, int], what: str,

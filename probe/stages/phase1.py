@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from probe.adapters.antipasto import BASIS, AntipastoAdapter, AntipastoConfig
+from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
 from probe.artifacts import (ArtifactError, config_hash, point_latest, provenance, read_manifest,
                              write_manifest)
 from probe.env.grader import GraderConfig
@@ -68,7 +68,7 @@ def world_identity(world: World) -> dict[str, Any]:
 
 
 def run_paths(world: World, cfg: Phase1Config, out_dir: str | Path = "out") -> Phase1Paths:
-    root = Path(out_dir) / "probe_distill" / config_hash(world_identity(world), cfg, BASIS)
+    root = Path(out_dir) / "probe_distill" / config_hash(world_identity(world), cfg)
     return Phase1Paths(root, cfg.replay.seed)
 
 
@@ -80,7 +80,7 @@ def stage_keys(world: World, cfg: Phase1Config) -> dict[str, str]:
     teacher pool (hours on the real model), only the stages downstream of it."""
     ident = world_identity(world)
     return {"teacher_pool": config_hash(ident, cfg.pool, cfg.grader),
-            "v_hack": config_hash(ident, cfg.vhack, cfg.pool.hint, cfg.replay.rank, BASIS)}
+            "v_hack": config_hash(ident, cfg.vhack, cfg.pool.hint, cfg.replay.rank)}
 
 
 def reuse_stage(runs_dir: Path, stage_dir: Path, key: str) -> bool:

@@ -23,15 +23,6 @@ def test_identity_at_init_on_cuda(dtype):
         assert torch.equal(model(ids).logits, before)
 
 
-def test_singular_basis_is_the_same_on_cpu_and_cuda():
-    """CPU and CUDA SVDs pick different signs; the adapter's canonical basis must not, or a
-    v_hack extracted on one device is half reversed on the other."""
-    cpu = AntipastoAdapter(make_tiny_qwen3())
-    gpu = AntipastoAdapter(make_tiny_qwen3().to("cuda"))
-    for n, b in cpu.branches.items():
-        torch.testing.assert_close(gpu.branches[n].Vh.cpu(), b.Vh, rtol=1e-3, atol=1e-4)
-
-
 def test_batched_equals_loop_on_cuda(ragged_pairs):
     model = make_tiny_qwen3().to("cuda")
     adapter = AntipastoAdapter(model)
