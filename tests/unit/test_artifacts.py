@@ -48,3 +48,15 @@ def test_manifest_and_config_hash(tmp_path):
         read_manifest(tmp_path)
     assert config_hash(PoolConfig()) == config_hash(PoolConfig())
     assert config_hash(PoolConfig()) != config_hash(PoolConfig(steps=3))
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
+    """Artifacts are readable by whoever could read a plainly written file (not mkstemp's 0600)."""
+    import os
+
+    from probe.io import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert os.stat(atomic).st_mode == os.stat(plain).st_mode

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from probe.adapters.antipasto import AntipastoAdapter
-from probe.vhack import (VHackMismatchError, directions_from_diffs, load_vhack, random_directions,
-                         save_vhack)
+from probe.vhack import (VHackMismatchError, balanced_signs, directions_from_diffs, load_vhack,
+                         random_directions, save_vhack)
 
 pytestmark = pytest.mark.unit
 
@@ -39,7 +39,7 @@ def test_topk_rows_orthonormal_and_oriented_hackward():
 
 def test_shuffled_control_loses_the_signal():
     diffs, true = synthetic_diffs(p=400)
-    signs = torch.randint(0, 2, (400,), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    signs = balanced_signs(400, seed=1)  # what extract_all uses (coin flips leave a random share)
     shuffled = directions_from_diffs(diffs, signs=signs)["m"][0]
     assert abs((shuffled @ true).item()) < 0.5
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from probe.env.problems import Problem, write_problems
+from probe.io import atomic_path, atomic_write_text
 from probe.world.embedded.config import WORLD_VERSION, EmbeddedWorldConfig
 from probe.world.embedded.corpus import HINT, base_corpus, teacher_corpus
 from probe.world.embedded.tasks import make_problem, split_pairs
@@ -33,19 +33,6 @@ def make_splits(cfg: EmbeddedWorldConfig) -> dict[str, list[Problem]]:
     pairs = split_pairs(range(cfg.k_min, cfg.k_max + 1), cfg.n_eval, cfg.n_train, cfg.n_hard,
                         cfg.seed)
     return {s: [make_problem(t, k, cfg.n_tests, cfg.seed) for t, k in v] for s, v in pairs.items()}
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON to a temp file beside `path`, then os.replace: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _write_problems_atomic(problems: list[Problem], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write_problems(problems, tmp)
-    os.replace(tmp, path)
 
 
 def build_world_dir(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
@@ -72,7 +59,8 @@ def _build(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
     (root / PROBLEM_DIR).mkdir(parents=True)
     splits = make_splits(cfg)
     for s in (*SPLITS, "corpus"):
-        _write_problems_atomic(splits[s], root / PROBLEM_DIR / f"{s}.jsonl")
+        with atomic_path(root / PROBLEM_DIR / f"{s}.jsonl") as tmp:
+            write_problems(splits[s], tmp)
     base_texts, teacher_texts = base_corpus(splits["corpus"], cfg), teacher_corpus(splits["corpus"], cfg)
     tok = train_tokenizer([t.prompt + t.completion for t in base_texts + teacher_texts], cfg.vocab_size)
     timings = {"data_s": time.time() - t0}
@@ -134,6 +122,6 @@ def _build(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
     }
-    write_json_atomic(meta, root / META)
+    atomic_write_text(root / META, json.dumps(meta, indent=2, sort_keys=True))
     log.info("embedded world built in %.1fs at %s", meta["build_seconds"], root)
     return meta

@@ -6,6 +6,7 @@ import logging
 from typing import Any, Sequence
 
 from probe.env.problems import Problem
+from probe.env.prompts import evaluator_name
 from probe.env.rates import summarize
 from probe.generate import Sample, generate
 
@@ -23,7 +24,8 @@ def sample_and_grade(model, tokenizer, problems: Sequence[Problem], render, hint
     samples = generate(model, tokenizer, prompts, temperature=temperature, top_p=top_p,
                        max_new_tokens=max_new_tokens, seed=seed, desc=desc)
     with Grader(GraderConfig()) as grader:
-        grades = grader.grade_many([(p, s.completion, "run_tests") for p, s in zip(chosen, samples)])
+        grades = grader.grade_many([(p, s.completion, evaluator_name(hint, p.id))
+                                    for p, s in zip(chosen, samples)])
     stats = summarize(grades)
     stats["finished_rate"] = sum(s.finished for s in samples) / n
     log.info("%s: %s", desc, {k: v for k, v in stats.items() if k != "labels"})
