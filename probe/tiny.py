@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
+from probe.adapters.antipasto import DEFAULT_TARGETS
+
 if TYPE_CHECKING:
     from probe.env.problems import Problem
 
 log = logging.getLogger(__name__)
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS = DEFAULT_TARGETS  # the teacher adapts what the δS adapter wraps
 
 # Special tokens in Qwen3's spelling; ids follow the 256 byte-level tokens.
 EOS_TOKEN = "<|endoftext|>"

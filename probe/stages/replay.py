@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
+from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig, check_names_and_ranks
 from probe.artifacts import (ArtifactError, provenance, read_rows, step_path, valid_step,
                              write_manifest, write_rows)
 from probe.batch import collate
@@ -190,8 +190,8 @@ def _resume(stage_dir: Path, adapter: AntipastoAdapter, opt: torch.optim.Optimiz
             raise ArtifactError("step files do not match the checkpoint")
         params = adapter.named_params()
         saved = state["delta_s"]
-        if set(saved) != set(params) or any(saved[n].shape != p.shape for n, p in params.items()):
-            raise ArtifactError("checkpoint modules differ from the adapter's")
+        check_names_and_ranks({n: t.shape[-1] for n, t in saved.items()}, adapter.ranks,
+                              "checkpoint", ArtifactError)
         opt.load_state_dict(state["optimizer"])  # before δS: a failure here leaves δS untouched
         with torch.no_grad():
             for n, p in params.items():

@@ -15,12 +15,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
+from probe.adapters.antipasto import DEFAULT_TARGETS
 from probe.world.embedded.config import EmbeddedWorldConfig
 from probe.world.embedded.corpus import Text
 
 log = logging.getLogger(__name__)
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LORA_TARGETS = DEFAULT_TARGETS  # the teacher adapts what the δS adapter wraps
 
 
 def make_base_model(cfg: EmbeddedWorldConfig, tokenizer) -> Qwen3ForCausalLM:
