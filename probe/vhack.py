@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from probe.adapters.antipasto import check_names_and_ranks
+from probe.adapters.antipasto import check_names_and_ranks, read_safetensors
 from probe.adapters.base import Adapter
 from probe.batch import collate
 from probe.encoding import encode_completion, encode_prompt, pad_id
@@ -155,14 +154,7 @@ def load_vhack(path: str | Path, ranks: dict[str, int] | None = None
                ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load V; with `ranks` (the adapter's), any module or rank mismatch is a clear error."""
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            V = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise VHackMismatchError(f"{path}: not a readable v_hack file ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise VHackMismatchError(f"{path}: not a v_hack file (format={meta.get('format')!r})")
+    V, meta = read_safetensors(path, FORMAT, "a v_hack file", VHackMismatchError)
     if ranks is not None:
         check_names_and_ranks({n: v.shape[-1] for n, v in V.items()}, ranks, f"{path}: v_hack",
                               VHackMismatchError)

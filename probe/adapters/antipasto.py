@@ -146,14 +146,7 @@ class AntipastoAdapter(Adapter):
     def load(self, path: str | Path, base_model_id: str | None = None) -> dict[str, str]:
         """Load δS saved by `save`; any mismatch of modules, ranks or base model is a clear error."""
         path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises several types for corrupt files
-            raise AdapterStateError(f"{path}: not a readable safetensors file ({e})") from e
-        if meta.get("format") != FORMAT:
-            raise AdapterStateError(f"{path}: not a δS state (format={meta.get('format')!r})")
+        tensors, meta = read_safetensors(path, FORMAT, "a δS state", AdapterStateError)
         if base_model_id is not None and meta.get("base_model_id") not in (base_model_id, "unknown"):
             raise AdapterStateError(f"{path}: saved for base model {meta.get('base_model_id')!r}, "
                                     f"loading into {base_model_id!r}")
@@ -162,6 +155,21 @@ class AntipastoAdapter(Adapter):
             for n, b in self.branches.items():
                 b.delta_s.copy_(tensors[n].to(b.delta_s.dtype))
         return meta
+
+
+def read_safetensors(path: Path, fmt: str, what: str, error: type[Exception]
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a file this project wrote in format `fmt`; a corrupt file or
+    another format raises `error` naming the path (never a safetensors traceback)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for corrupt files
+        raise error(f"{path}: not a readable safetensors file ({e})") from e
+    if meta.get("format") != fmt:
+        raise error(f"{path}: not {what} (format={meta.get('format')!r})")
+    return tensors, meta
 
 
 def check_names_and_ranks(saved: dict[str, int], model: dict[str, int], what: str,
