@@ -311,8 +311,7 @@ def _reap() -> None:
             return
 
 
-def _child(job: dict, cfg: SandboxConfig, caps: dict, scratch: str, chan_w: int, keep: set[int],
-           uid: int | None) -> None:
+def _child(job: dict, cfg: SandboxConfig, scratch: str, chan_w: int, uid: int | None) -> None:
     """In the forked child: confine, then run the job. Never returns."""
     import random
     import resource
@@ -363,7 +362,7 @@ def _child(job: dict, cfg: SandboxConfig, caps: dict, scratch: str, chan_w: int,
         os._exit(0)
 
 
-def _run_job(job: dict, cfg: SandboxConfig, caps: dict, slot: int, proto: set[int]) -> dict:
+def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int]) -> dict:
     """Zygote: fork a child for `job`, collect its channel, kill everything it left behind."""
     uid = caps["uid_value"] if caps["uid"] else None
     scratch = tempfile.mkdtemp(prefix="job-", dir=caps["scratch_root"])
@@ -377,7 +376,7 @@ def _run_job(job: dict, cfg: SandboxConfig, caps: dict, slot: int, proto: set[in
         os.close(r)
         for fd in proto:
             os.close(fd)
-        _child(job, cfg, caps, scratch, w, set(), uid)
+        _child(job, cfg, scratch, w, uid)
     os.close(w)
     budget = float(job.get("timeout_s", cfg.timeout_s))
     deadline = t0 + budget * cfg.wall_factor
@@ -483,7 +482,7 @@ def serve(argv: list[str] | None = None) -> None:
         if job is None:
             return
         try:
-            res = _run_job(job, cfg, caps, slot, proto)
+            res = _run_job(job, cfg, caps, proto)
         except Exception as e:  # noqa: BLE001 - report, keep serving
             res = {"records": [], "sandbox_error": f"{type(e).__name__}: {e}"}
         _write_msg(proto_out, res)
