@@ -459,8 +459,9 @@ def _write_msg(fd: int, obj: Any) -> None:
 def serve(argv: list[str] | None = None) -> None:
     """Zygote main loop: `python -c 'from probe.env.sandbox import serve; serve()' SLOT CONFIG`."""
     argv = sys.argv[1:] if argv is None else argv
-    slot, cfg = int(argv[0]), SandboxConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                               for k, v in json.loads(argv[1]).items()})
+    # argv[0] is the slot: only there to tell zygotes apart in a process listing
+    cfg = SandboxConfig(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in json.loads(argv[1]).items()})
     proto_in, proto_out = os.dup(0), os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
