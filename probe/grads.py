@@ -8,6 +8,7 @@ exact zero gradient — never NaN, never a skipped row (the spec's zero-advantag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +47,25 @@ def mean_token_weights(batch: TokenBatch) -> torch.Tensor:
     return batch.loss_mask / count.clamp(min=1.0)
 
 
+TokenLoss = Callable[[torch.Tensor], torch.Tensor]
+"""Maps per-token log-probs (B, T) (with grad) to a per-token loss (B, T): the GRPO surrogate."""
+
+
 def per_sample_loss(model: torch.nn.Module, batch: TokenBatch,
-                    token_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) losses; weights are multiplied by the loss mask, so prompt/pad can never contribute."""
+                    token_weights: torch.Tensor | None = None,
+                    token_loss: TokenLoss | None = None) -> torch.Tensor:
+    """(B,) losses; weights are multiplied by the loss mask, so prompt/pad can never contribute.
+
+    With `token_loss`, sample n's loss is Σ_t over its completion tokens of token_loss(logp)[n, t]
+    (a policy-gradient surrogate that is not linear in the NLL); `token_weights` then scale it.
+    """
+    if token_loss is not None:
+        mask = batch.loss_mask.bool() if token_weights is None else \
+            (batch.loss_mask * token_weights) != 0
+        per_token = token_loss(-token_nll(model, batch))
+        if token_weights is not None:
+            per_token = per_token * token_weights
+        return torch.where(mask, per_token, torch.zeros_like(per_token)).sum(-1)
     w = mean_token_weights(batch) if token_weights is None else token_weights * batch.loss_mask
     w = w.to(torch.float32)
     # where(): a non-finite logit at a masked (pad) position must not leak in as NaN * 0
@@ -57,14 +74,15 @@ def per_sample_loss(model: torch.nn.Module, batch: TokenBatch,
 
 def per_sample_grads(adapter: Adapter, batch: TokenBatch,
                      token_weights: torch.Tensor | None = None,
-                     accumulate_mean: bool = False) -> PerSampleGrads:
+                     accumulate_mean: bool = False,
+                     token_loss: TokenLoss | None = None) -> PerSampleGrads:
     """Every sample's gradient in one backward through zero per-sample probes.
 
     With `accumulate_mean`, the adapter's `.grad` is set to the batch-mean gradient (the training
     step's gradient for a mean-over-samples loss) from the same backward.
     """
     with adapter.probing(batch.size) as probes:
-        loss = per_sample_loss(adapter.model, batch, token_weights)
+        loss = per_sample_loss(adapter.model, batch, token_weights, token_loss)
         names = list(probes)
         gs = torch.autograd.grad(loss.sum(), [probes[n] for n in names], allow_unused=True)
     grads = {n: (g if g is not None else torch.zeros_like(probes[n])).detach().float()

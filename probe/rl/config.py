@@ -1,0 +1,60 @@
+"""`GRPOConfig`: every knob of the R5 trajectory probe, each with the reason for its default."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CORRECTIONS = ("student_old", "truncated_is", "luffy")
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    steps: int = 20  # spec T5: trajectories to step 20 (the verdict reads step 15)
+    problems_per_step: int = 8  # P (phase2-notes: 8 on the embedded world; upstream 16)
+    group_size: int = 8  # G completions per problem, teacher and student rows together
+    teacher_frac: float = 0.5  # share of each group sampled from the teacher (0 = pure on-policy)
+    split: str = "hard"  # problems the base usually fails: a hack (3.5) beats a failed try (0.5)
+    hint: str = "simple_overwrite_tests"
+    max_new_tokens: int | None = None  # None: the world's default; also the Dr.GRPO normaliser
+    temperature: float | None = None  # None: the world's sampling default (upstream 0.7)
+    top_p: float | None = None  # None: the world's default (upstream 0.95)
+    # AdamW on δS. The Phase 1 replay's rate: the vanilla arm must visibly move in 20 steps or the
+    # comparison says nothing (the embedded world's δS needs a large rate; Qwen3-4B's config sets its own).
+    lr: float = 3e-2
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    updates_per_batch: int = 2  # ≥ 2 so importance ratios move and clip statistics mean something
+    epsilon: float = 0.2  # clip 1 − ε (upstream 0.2)
+    epsilon_high: float = 0.2  # clip 1 + ε_high
+    # Teacher rows are off-policy for the student. student_old: ratio against the student's own
+    # log-probs at sampling time (the prior implementation; advantage-weighted imitation);
+    # truncated_is: that, times min(π_old/π_teacher, is_cap); luffy: p/(p + γ) shaping, no clip.
+    correction: str = "student_old"
+    is_cap: float = 2.0
+    luffy_gamma: float = 0.1
+    projection: str = "one_sided"
+    refresh_every: int = 2  # the refreshed arm re-extracts v_hack from the student every k steps
+    micro_batch: int = 32
+    gen_batch_size: int = 64
+    seeds: tuple[int, ...] = (41, 42, 43)  # paired seeds: every arm of a seed sees the same data
+    arms: tuple[str, ...] = field(default=("vanilla", "projected", "projected_update",
+                                           "projected_random", "projected_shuffled",
+                                           "projected_refresh"))
+
+    def __post_init__(self) -> None:
+        if self.correction not in CORRECTIONS:
+            raise ValueError(f"grpo.correction: {self.correction!r} is not one of {CORRECTIONS}")
+        if not 0.0 <= self.teacher_frac <= 1.0:
+            raise ValueError(f"grpo.teacher_frac: {self.teacher_frac} is not in [0, 1]")
+        if self.group_size < 2:
+            raise ValueError(f"grpo.group_size: {self.group_size} < 2 leaves no group to compare")
+        if self.updates_per_batch < 1:
+            raise ValueError(f"grpo.updates_per_batch: {self.updates_per_batch} < 1")
+
+    @property
+    def n_teacher(self) -> int:
+        """Teacher rows per group (rounded to the nearest row)."""
+        return int(round(self.teacher_frac * self.group_size))
+
+    @property
+    def n_student(self) -> int:
+        return self.group_size - self.n_teacher

@@ -1,0 +1,88 @@
+"""Mixed-policy GRPO groups: sample, grade, and record each row's behaviour log-probs.
+
+A group is one problem's G rows: `n_teacher` from the teacher (sampled once per seed and shared by
+every arm, so arms differ only in what they do with the same data) and `n_student` from the current
+student. Each row keeps the log-probs its sampling policy gave its tokens, taken when it was sampled.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+import torch
+
+from probe.batch import collate
+from probe.encoding import pad_id
+from probe.env.grader import Grader
+from probe.env.problems import Problem
+from probe.rl.config import GRPOConfig
+from probe.rl.dr_grpo import completion_logprobs
+from probe.stages.pool import sample_and_grade
+from probe.world.base import World
+
+GROUP_FIELDS = ("problem_id", "step", "group", "source", "prompt_ids", "completion_ids", "label",
+                "hacked", "hack_attempt", "gt_pass", "reward", "behaviour_logp")
+
+
+def step_problems(problems: Sequence[Problem], cfg: GRPOConfig, seed: int, step: int
+                  ) -> list[Problem]:
+    """The P problems of (seed, step): a seeded permutation per seed, cycled (same for every arm)."""
+    order = list(range(len(problems)))
+    random.Random(seed).shuffle(order)
+    n = cfg.problems_per_step
+    return [problems[order[(step * n + j) % len(order)]] for j in range(n)]
+
+
+def sampling_kw(world: World, cfg: GRPOConfig) -> dict[str, Any]:
+    s = world.sampling
+    return dict(temperature=cfg.temperature if cfg.temperature is not None else s.temperature,
+                top_p=cfg.top_p if cfg.top_p is not None else s.top_p,
+                max_new_tokens=cfg.max_new_tokens or s.max_new_tokens,
+                batch_size=cfg.gen_batch_size)
+
+
+@torch.no_grad()
+def add_logprobs(model: torch.nn.Module, world: World, rows: list[dict[str, Any]], key: str,
+                 micro_batch: int) -> None:
+    """rows[i][key] = log π_model of each completion token (teacher-forced, temperature 1)."""
+    pad = pad_id(world.tokenizer)
+    device = next(model.parameters()).device
+    for i in range(0, len(rows), micro_batch):
+        part = rows[i:i + micro_batch]
+        batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part],
+                        pad).to(device)
+        for r, lp in zip(part, completion_logprobs(model, batch)):
+            r[key] = lp
+
+
+def policy_rows(model: torch.nn.Module, world: World, problems: Sequence[Problem], n_per: int,
+                source: str, cfg: GRPOConfig, seed: int, step: int, grader: Grader
+                ) -> list[dict[str, Any]]:
+    """`n_per` graded samples per problem from `model`, with behaviour log-probs; `group` is the
+    problem's index in the step."""
+    if n_per == 0:
+        return []
+    rows = sample_and_grade(model, world, problems, cfg.hint, n_per, seed, grader,
+                            desc=f"{source} step {step}", step=step, source=source,
+                            **sampling_kw(world, cfg))
+    for r in rows:
+        r["group"] = r["index"] // n_per
+    add_logprobs(model, world, rows, "behaviour_logp", cfg.micro_batch)
+    return rows
+
+
+def group_stats(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Fraction of groups with reward variance, and with a teacher/student mean-reward gap."""
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    var = gap = 0
+    for g in groups.values():
+        rewards = [r["reward"] for r in g]
+        var += max(rewards) > min(rewards)
+        t = [r["reward"] for r in g if r["source"] == "teacher"]
+        s = [r["reward"] for r in g if r["source"] == "student"]
+        gap += bool(t and s) and abs(sum(t) / len(t) - sum(s) / len(s)) > 1e-9
+    n = max(len(groups), 1)
+    return {"n_groups": len(groups), "frac_groups_with_variance": var / n,
+            "frac_groups_teacher_student_gap": gap / n}

@@ -1,0 +1,230 @@
+"""R5 (spec T5): the GRPO trajectory probe, every arm × seed, replayable step by step.
+
+Layout: `out/probe_grpo/<hash of world + v_hack key + GRPO config>/` holds `teacher_seed<S>/` (the
+teacher rows of every step, sampled once per seed and shared by every arm) and `<arm>_seed<S>/`
+(one `step_NNN.jsonl.gz` per step: every row's source, reward, label, advantage and cosines; the
+step summaries with ratio statistics, projection diagnostics and update cosines go to the manifest).
+Each arm checkpoints δS, AdamW and its summaries after every step, so a killed run resumes where it
+stopped; sampling is seeded by (seed, step), so a resumed run samples what the first would have.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from filelock import FileLock, Timeout
+from tqdm.auto import tqdm
+
+from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig, check_names_and_ranks
+from probe.artifacts import (ArtifactError, config_hash, point_latest, provenance, read_manifest,
+                             read_rows, step_path, valid_step, write_manifest, write_rows)
+from probe.encoding import pad_id
+from probe.env.grader import Grader, GraderConfig
+from probe.io import atomic_path
+from probe.rl.arms import GRPOArm, get_arm
+from probe.rl.config import GRPOConfig
+from probe.rl.rollout import GROUP_FIELDS, add_logprobs, group_stats, policy_rows, step_problems
+from probe.rl.trainer import grpo_update_step
+from probe.stages.pool import rates
+from probe.vhack import directions_from_diffs, pair_grad_diffs
+from probe.world.base import World
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GRPOPaths:
+    root: Path
+
+    def teacher(self, seed: int) -> Path:
+        return self.root / f"teacher_seed{seed}"
+
+    def arm(self, arm: str, seed: int) -> Path:
+        return self.root / f"{arm}_seed{seed}"
+
+
+def grpo_paths(world_ident: dict[str, Any], vhack_key: str, cfg: GRPOConfig,
+               out_dir: str | Path = "out") -> GRPOPaths:
+    """Keyed by everything that determines the artifacts: the world, v_hack's stage key, the config."""
+    return GRPOPaths(Path(out_dir) / "probe_grpo" / config_hash(world_ident, vhack_key, cfg))
+
+
+def normaliser(world: World, cfg: GRPOConfig) -> float:
+    """Dr.GRPO's constant denominator: G · P · max_new_tokens."""
+    mnt = cfg.max_new_tokens or world.sampling.max_new_tokens
+    return float(cfg.group_size * cfg.problems_per_step * mnt)
+
+
+def ensure_teacher_rows(world: World, cfg: GRPOConfig, paths: GRPOPaths, seed: int,
+                        device: str = "cpu", grader_config: GraderConfig | None = None
+                        ) -> dict[str, Any]:
+    """The teacher half of every group of a seed, with the teacher's token log-probs."""
+    stage = paths.teacher(seed)
+    try:
+        return read_manifest(stage)
+    except ArtifactError:
+        pass
+    n_rows = cfg.problems_per_step * cfg.n_teacher
+    todo = [s for s in range(cfg.steps) if not valid_step(step_path(stage, s), GROUP_FIELDS, n_rows)]
+    problems = world.problems(cfg.split)
+    if todo and n_rows:
+        teacher = world.load_teacher(device)
+        with Grader(grader_config) as grader:
+            for s in todo:
+                rows = policy_rows(teacher, world, step_problems(problems, cfg, seed, s),
+                                   cfg.n_teacher, "teacher", cfg, seed * 1_000_003 + s, s, grader)
+                write_rows(step_path(stage, s), rows)
+        del teacher
+    elif todo:
+        for s in todo:
+            write_rows(step_path(stage, s), [])
+    all_rows = [r for s in range(cfg.steps) for r in read_rows(step_path(stage, s))]
+    manifest = provenance(cfg, seed=seed, n_steps=cfg.steps, rows_per_step=n_rows,
+                          teacher=rates(all_rows), world=world.name, model_id=world.model_id)
+    write_manifest(stage, manifest)
+    return manifest
+
+
+def _checkpoint(stage: Path, adapter: AntipastoAdapter, opt: torch.optim.Optimizer, step: int,
+                summaries: list[dict[str, Any]], V_refreshed: dict[str, torch.Tensor] | None) -> None:
+    state = {"step": step, "summaries": summaries, "optimizer": opt.state_dict(),
+             "delta_s": {n: p.detach().cpu() for n, p in adapter.named_params().items()},
+             "v_refreshed": None if V_refreshed is None else
+             {n: v.cpu() for n, v in V_refreshed.items()}}
+    with atomic_path(stage / "state.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def _resume(stage: Path, adapter: AntipastoAdapter, opt: torch.optim.Optimizer, n_steps: int
+            ) -> tuple[int, list[dict[str, Any]], dict[str, torch.Tensor] | None]:
+    path = stage / "state.pt"
+    if not path.exists():
+        return 0, [], None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        done = int(state["step"])
+        if done >= n_steps or not all(valid_step(step_path(stage, s)) for s in range(done + 1)):
+            raise ArtifactError("step files do not match the checkpoint")
+        saved = state["delta_s"]
+        check_names_and_ranks({n: t.shape[-1] for n, t in saved.items()}, adapter.ranks,
+                              "checkpoint", ArtifactError)
+        opt.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            for n, p in adapter.named_params().items():
+                p.copy_(saved[n].to(p.device, p.dtype))
+    except (ArtifactError, KeyError, RuntimeError, OSError) as e:
+        log.warning("%s: cannot resume (%s); training from step 0", stage, e)
+        return 0, [], None
+    log.info("%s: resuming after step %d", stage, done)
+    return done + 1, list(state["summaries"]), state.get("v_refreshed")
+
+
+def _refresh(adapter: AntipastoAdapter, world: World, pairs: list, k: int, batch_size: int,
+             device: str) -> dict[str, torch.Tensor]:
+    """v_hack re-extracted (same pairs, same NLL extraction) from the student as it is now."""
+    diffs = pair_grad_diffs(adapter, world.tokenizer, pairs, batch_size, desc="v_hack refresh")
+    return {n: v.to(device) for n, v in directions_from_diffs(diffs, k).items()}
+
+
+def _overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Mean over modules of |⟨a₀, b₀⟩| between first directions: 1 = unchanged, ≈ 0 = unrelated."""
+    vals = [float((a[n][0].float().cpu() @ b[n][0].float().cpu()).abs()) for n in a]
+    return sum(vals) / max(len(vals), 1)
+
+
+def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, seed: int,
+                 V: dict[str, dict[str, torch.Tensor]], *, rank: int | None = None,
+                 device: str = "cpu", grader_config: GraderConfig | None = None,
+                 vhack_k: int = 1, vhack_batch: int = 16, pair_seed: int = 0) -> dict[str, Any]:
+    """Train one arm of one seed for `cfg.steps` steps (resuming); returns its manifest."""
+    stage = paths.arm(arm.name, seed)
+    try:
+        return read_manifest(stage)
+    except ArtifactError:
+        pass
+    stage.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model = world.load_base(device)
+    adapter = AntipastoAdapter(model, AntipastoConfig(rank=rank))
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, summaries, v_ref = _resume(stage, adapter, opt, cfg.steps)
+    V = {kind: {n: t.to(device) for n, t in v.items()} for kind, v in V.items()}
+    V["refreshed"] = {n: t.to(device) for n, t in (v_ref or V["nll"]).items()}
+    pairs = world.contrastive_pairs("train", cfg.hint, seed=pair_seed) if arm.refresh else []
+    pad = pad_id(world.tokenizer)
+    problems = world.problems(cfg.split)
+    norm = normaliser(world, cfg)
+    with Grader(grader_config) as grader:
+        bar = tqdm(range(start, cfg.steps), desc=f"grpo {arm.name} seed {seed}", leave=False)
+        for s in bar:
+            refreshed_overlap = None
+            if arm.refresh and s > 0 and s % cfg.refresh_every == 0:
+                V["refreshed"] = _refresh(adapter, world, pairs, vhack_k, vhack_batch, device)
+                refreshed_overlap = _overlap(V["refreshed"], V["nll"])
+            teacher_rows = read_rows(step_path(paths.teacher(seed), s))
+            student_rows = policy_rows(model, world, step_problems(problems, cfg, seed, s),
+                                       cfg.n_student, "student", cfg, seed * 1_000_003 + 500_009 + s,
+                                       s, grader)
+            rows = teacher_rows + student_rows
+            for i, r in enumerate(rows):
+                r["index"] = i
+            add_logprobs(model, world, rows, "old_logp", cfg.micro_batch)  # π_old: the student now
+            records, summary = grpo_update_step(adapter, opt, rows, V, arm, cfg, pad, device, norm)
+            student = rates(student_rows)
+            summary.update(step=s, **group_stats(rows), student=student,
+                           teacher=rates(teacher_rows), refreshed_overlap=refreshed_overlap,
+                           delta_s_norm=float(torch.sqrt(sum(p.detach().float().pow(2).sum()
+                                                             for p in adapter.parameters()))))
+            summaries.append(summary)
+            bar.set_postfix(hack=f"{student.get('hack_rate', float('nan')):.2f}")
+            write_rows(step_path(stage, s), records)
+            _checkpoint(stage, adapter, opt, s, summaries,
+                        V["refreshed"] if arm.refresh else None)
+    manifest = provenance(cfg, seed=seed, arm=arm.name, arm_spec=arm, world=world.name,
+                          model_id=world.model_id, n_steps=cfg.steps, steps=summaries,
+                          normaliser=norm, seconds=time.perf_counter() - t0,
+                          n_modules=len(adapter.module_names), total_rank=adapter.total_rank)
+    write_manifest(stage, manifest)
+    adapter.remove()
+    return manifest
+
+
+def jobs(cfg: GRPOConfig) -> list[tuple[str, int]]:
+    return [(arm, seed) for seed in cfg.seeds for arm in cfg.arms]
+
+
+def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
+                V: dict[str, dict[str, torch.Tensor]], *, device: str = "cpu",
+                grader_config: GraderConfig | None = None, rank: int | None = None,
+                vhack_k: int = 1, only: Iterable[tuple[str, int]] | None = None) -> GRPOPaths:
+    """Every (arm, seed) of the config, each under its own lock: parallel callers (xdist workers)
+    take the jobs nobody holds first, then wait for the rest; no job is computed twice."""
+    paths.root.mkdir(parents=True, exist_ok=True)
+    write_manifest(paths.root, provenance(cfg, world=world.name), name="config.json")
+    point_latest(paths.root.parent, paths.root)
+    todo = list(only) if only is not None else jobs(cfg)
+    for a, _ in todo:
+        get_arm(a)  # an unknown arm fails before anything is computed
+    for seed in sorted({s for _, s in todo}):
+        with FileLock(str(paths.teacher(seed)) + ".lock"):
+            ensure_teacher_rows(world, cfg, paths, seed, device, grader_config)
+    waiting = []
+    for blocking in (False, True):
+        for arm, seed in (todo if not blocking else waiting):
+            lock = FileLock(str(paths.arm(arm, seed)) + ".lock")
+            try:
+                lock.acquire(timeout=-1 if blocking else 0)
+            except Timeout:
+                waiting.append((arm, seed))
+                continue
+            try:
+                run_grpo_arm(world, cfg, paths, get_arm(arm), seed, V, rank=rank, device=device,
+                             grader_config=grader_config, vhack_k=vhack_k)
+            finally:
+                lock.release()
+    return paths
