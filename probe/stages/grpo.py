@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -38,19 +38,32 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GRPOPaths:
-    root: Path
+    root: Path  # one run: every arm × seed of one training config
+    teacher_root: Path  # teacher rows, keyed only by what determines them (shared across runs)
 
     def teacher(self, seed: int) -> Path:
-        return self.root / f"teacher_seed{seed}"
+        return self.teacher_root / f"teacher_seed{seed}"
 
     def arm(self, arm: str, seed: int) -> Path:
         return self.root / f"{arm}_seed{seed}"
 
 
+def teacher_key(cfg: GRPOConfig) -> dict[str, Any]:
+    """What the teacher rows depend on: a changed learning rate or arm list reuses them."""
+    return {k: getattr(cfg, k) for k in ("problems_per_step", "group_size", "teacher_frac",
+                                         "split", "hint", "max_new_tokens", "temperature", "top_p",
+                                         "steps")}
+
+
 def grpo_paths(world_ident: dict[str, Any], vhack_key: str, cfg: GRPOConfig,
                out_dir: str | Path = "out") -> GRPOPaths:
-    """Keyed by everything that determines the artifacts: the world, v_hack's stage key, the config."""
-    return GRPOPaths(Path(out_dir) / "probe_grpo" / config_hash(world_ident, vhack_key, cfg))
+    """Keyed by everything that determines the artifacts: the world, v_hack's stage key and the
+    config (not the arm and seed lists: adding an arm or a seed extends a run, it does not start
+    a new one)."""
+    base = Path(out_dir) / "probe_grpo"
+    run_cfg = replace(cfg, arms=(), seeds=())
+    return GRPOPaths(base / config_hash(world_ident, vhack_key, run_cfg),
+                     base / "teacher_rows" / config_hash(world_ident, teacher_key(cfg)))
 
 
 def normaliser(world: World, cfg: GRPOConfig) -> float:
