@@ -27,7 +27,8 @@ from probe.env.grader import Grader, GraderConfig
 from probe.io import atomic_path
 from probe.rl.arms import GRPOArm, get_arm
 from probe.rl.config import GRPOConfig
-from probe.rl.rollout import GROUP_FIELDS, add_logprobs, group_stats, policy_rows, step_problems
+from probe.rl.rollout import (GROUP_FIELDS, CachedGrader, add_logprobs, group_stats, policy_rows,
+                              step_problems)
 from probe.rl.trainer import grpo_update_step
 from probe.stages.pool import rates
 from probe.vhack import directions_from_diffs, pair_grad_diffs
@@ -86,7 +87,8 @@ def ensure_teacher_rows(world: World, cfg: GRPOConfig, paths: GRPOPaths, seed: i
     problems = world.problems(cfg.split)
     if todo and n_rows:
         teacher = world.load_teacher(device)
-        with Grader(grader_config) as grader:
+        with Grader(grader_config) as raw_grader:
+            grader = CachedGrader(raw_grader)
             for s in todo:
                 rows = policy_rows(teacher, world, step_problems(problems, cfg, seed, s),
                                    cfg.n_teacher, "teacher", cfg, seed * 1_000_003 + s, s, grader)
@@ -172,7 +174,8 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, 
     pad = pad_id(world.tokenizer)
     problems = world.problems(cfg.split)
     norm = normaliser(world, cfg)
-    with Grader(grader_config) as grader:
+    with Grader(grader_config) as raw_grader:
+        grader = CachedGrader(raw_grader)
         bar = tqdm(range(start, cfg.steps), desc=f"grpo {arm.name} seed {seed}", leave=False)
         for s in bar:
             refreshed_overlap = None

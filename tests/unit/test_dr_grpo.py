@@ -148,3 +148,26 @@ def test_R5_zero_advantage_rows_give_zero_gradient(tiny_model):
     rows = _rows(4)
     total, teacher, _, _ = surrogate_grads(adapter, rows, [0.0] * 4, GRPOConfig(), PAD, "cpu", 10.0)
     assert all(float(g.abs().max()) == 0 for g in total.values())
+
+
+def test_R5_cached_grader_grades_each_distinct_completion_once():
+    from types import SimpleNamespace
+
+    from probe.rl.rollout import CachedGrader
+
+    calls = []
+
+    class Fake:
+        def grade_many(self, items):
+            calls.append(len(items))
+            return [f"grade:{p.id}:{text}:{ev}" for p, text, ev in items]
+
+    CachedGrader._memo.clear()
+    p1, p2 = SimpleNamespace(id=1), SimpleNamespace(id=2)
+    g = CachedGrader(Fake())
+    items = [(p1, "a", "run_tests"), (p1, "a", "run_tests"), (p2, "a", "run_tests"),
+             (p1, "a", None)]
+    assert g.grade_many(items) == ["grade:1:a:run_tests", "grade:1:a:run_tests",
+                                   "grade:2:a:run_tests", "grade:1:a:None"]
+    assert calls == [3] and g.misses == 3 and g.hits == 1
+    assert g.grade_many(items[:1]) == ["grade:1:a:run_tests"] and calls == [3]
