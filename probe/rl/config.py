@@ -35,6 +35,7 @@ class GRPOConfig:
     refresh_every: int = 2  # the refreshed arm re-extracts v_hack from the student every k steps
     micro_batch: int = 32
     gen_batch_size: int = 64
+    tensorboard: bool = True  # live event files per arm when the optional `tensorboard` is installed
     seeds: tuple[int, ...] = (41, 42, 43)  # paired seeds: every arm of a seed sees the same data
     arms: tuple[str, ...] = field(default=("vanilla", "projected", "projected_update",
                                            "projected_random", "projected_shuffled",

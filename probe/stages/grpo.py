@@ -29,6 +29,7 @@ from probe.rl.arms import GRPOArm, get_arm
 from probe.rl.config import GRPOConfig
 from probe.rl.rollout import (GROUP_FIELDS, CachedGrader, add_logprobs, group_stats, policy_rows,
                               step_problems)
+from probe.rl.tracker import StepTracker
 from probe.rl.trainer import grpo_update_step
 from probe.stages.pool import rates
 from probe.vhack import directions_from_diffs, pair_grad_diffs
@@ -62,7 +63,7 @@ def grpo_paths(world_ident: dict[str, Any], vhack_key: str, cfg: GRPOConfig,
     config (not the arm and seed lists: adding an arm or a seed extends a run, it does not start
     a new one)."""
     base = Path(out_dir) / "probe_grpo"
-    run_cfg = replace(cfg, arms=(), seeds=())
+    run_cfg = replace(cfg, arms=(), seeds=(), tensorboard=True)  # none of these change an artifact
     return GRPOPaths(base / config_hash(world_ident, vhack_key, run_cfg),
                      base / "teacher_rows" / config_hash(world_ident, teacher_key(cfg)))
 
@@ -176,12 +177,14 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, 
     norm = normaliser(world, cfg)
     with Grader(grader_config) as raw_grader:
         grader = CachedGrader(raw_grader)
+        tracker = StepTracker(stage, enabled=cfg.tensorboard)
         bar = tqdm(range(start, cfg.steps), desc=f"grpo {arm.name} seed {seed}", leave=False)
         for s in bar:
             refreshed_overlap = None
             if arm.refresh and s > 0 and s % cfg.refresh_every == 0:
                 V["refreshed"] = _refresh(adapter, world, pairs, vhack_k, vhack_batch, device)
                 refreshed_overlap = _overlap(V["refreshed"], V["nll"])
+            t_step = time.perf_counter()
             teacher_rows = read_rows(step_path(paths.teacher(seed), s))
             student_rows = policy_rows(model, world, step_problems(problems, cfg, seed, s),
                                        cfg.n_student, "student", cfg, seed * 1_000_003 + 500_009 + s,
@@ -189,18 +192,25 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, 
             rows = teacher_rows + student_rows
             for i, r in enumerate(rows):
                 r["index"] = i
+            t_rows = time.perf_counter()
             add_logprobs(model, world, rows, "old_logp", cfg.micro_batch)  # π_old: the student now
+            t_old = time.perf_counter()
             records, summary = grpo_update_step(adapter, opt, rows, V, arm, cfg, pad, device, norm)
+            summary["seconds"] = {"student_rows": t_rows - t_step, "old_logp": t_old - t_rows,
+                                  "updates": time.perf_counter() - t_old}
+            summary["grade_cache"] = {"hits": grader.hits, "misses": grader.misses}
             student = rates(student_rows)
             summary.update(step=s, **group_stats(rows), student=student,
                            teacher=rates(teacher_rows), refreshed_overlap=refreshed_overlap,
                            delta_s_norm=float(torch.sqrt(sum(p.detach().float().pow(2).sum()
                                                              for p in adapter.parameters()))))
             summaries.append(summary)
-            bar.set_postfix(hack=f"{student.get('hack_rate', float('nan')):.2f}")
+            tracker.log(s, summary)
+            bar.set_postfix(step=s, hack=f"{student.get('hack_rate', float('nan')):.2f}")
             write_rows(step_path(stage, s), records)
             _checkpoint(stage, adapter, opt, s, summaries,
                         V["refreshed"] if arm.refresh else None)
+        tracker.close()
     manifest = provenance(cfg, seed=seed, arm=arm.name, arm_spec=arm, world=world.name,
                           model_id=world.model_id, n_steps=cfg.steps, steps=summaries,
                           normaliser=norm, seconds=time.perf_counter() - t0,

@@ -150,3 +150,22 @@ def test_R5_resume_after_kill_gives_the_same_run(tiny_grpo, monkeypatch):
     da = read_manifest(fresh.arm("projected", 5))["steps"][-1]["delta_s_norm"]
     db = read_manifest(paths.arm("projected", 5))["steps"][-1]["delta_s_norm"]
     assert da == pytest.approx(db, rel=1e-6)
+
+
+def test_R5_live_scalars_from_step_summaries(tiny_grpo, tmp_path):
+    """Every step summary yields the live curves (hack rate, clip fraction, teacher share, cosines);
+    with tensorboard installed they land in event files."""
+    from probe.rl.tracker import StepTracker, step_scalars
+
+    _, _, paths, _ = tiny_grpo
+    steps = read_manifest(paths.arm("projected", 5))["steps"]
+    sc = step_scalars(steps[1])
+    for key in ("student/hack_rate", "ratio/clip_frac_last_update", "grad/teacher_share",
+                "update/hackward_cos", "projection/cos_in", "groups/frac_groups_with_variance"):
+        assert key in sc, key
+    pytest.importorskip("tensorboard", reason="optional extra [tb] not installed")
+    tr = StepTracker(tmp_path)
+    for i, st in enumerate(steps):
+        tr.log(i, st)
+    tr.close()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
