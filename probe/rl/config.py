@@ -26,9 +26,11 @@ class GRPOConfig:
     epsilon: float = 0.2  # clip 1 − ε (upstream 0.2)
     epsilon_high: float = 0.2  # clip 1 + ε_high
     # Teacher rows are off-policy for the student. student_old: ratio against the student's own
-    # log-probs at sampling time (the prior implementation; advantage-weighted imitation);
-    # truncated_is: that, times min(π_old/π_teacher, is_cap); luffy: p/(p + γ) shaping, no clip.
-    correction: str = "student_old"
+    # log-probs at sampling time (the prior implementation: advantage-weighted imitation, an NLL in
+    # disguise); truncated_is: that, times min(π_old/π_teacher, is_cap), so a teacher row counts as
+    # much as the student could have written it (rollout-correction practice in verl/TRL: the
+    # question is the policy gradient, not imitation); luffy: p/(p + γ) shaping, no clip.
+    correction: str = "truncated_is"
     is_cap: float = 2.0
     luffy_gamma: float = 0.1
     projection: str = "one_sided"
