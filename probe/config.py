@@ -209,7 +209,10 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         data["world"] = build(RealWorldConfig, data["world"], "world.", fail)
     cfg = build(ExperimentConfig, data, "", fail)
     for key, value in _leaves(cfg):
-        problem = _wrong_bool(key, value) or (RULES[key](value) if key in RULES else None)
+        wrong_type = _wrong_bool(key, value)
+        if wrong_type:
+            raise fail(key, wrong_type)
+        problem = RULES[key](value) if key in RULES else None
         if problem:
             raise fail(key, problem if problem.startswith("'") else f"{value!r} {problem}")
     return cfg
