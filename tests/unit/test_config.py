@@ -202,9 +202,7 @@ def test_cli_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_plugin_is_the_entry_point_under_its_module_name() -> None:
     """The conftest's `pytest_plugins` fallback and the entry point must share one name, or an
     installed checkout registers the options twice (pytest: 'option names already added')."""
-    import tomllib
-
-    eps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["pytest11"]
+    eps = read_toml(ROOT / "pyproject.toml")["project"]["entry-points"]["pytest11"]
     assert eps == {"probe.pytest_plugin": "probe.pytest_plugin"}
     conftest = (ROOT / "conftest.py").read_text()
     assert 'pytest_plugins = ["probe.pytest_plugin"]' in conftest
