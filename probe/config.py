@@ -174,14 +174,13 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _world_from(value: Any, origin: Path | None) -> Any:
-    """A [world] table becomes a RealWorldConfig (paths relative to the file); a path string
-    relative to a config file is taken relative to that file."""
-    base = origin.parent if origin is not None else Path.cwd()
+def _world_from(value: Any, origin: Path) -> Any:
+    """Paths in a config file's `world` (a [world] table's, or a real-world JSON path) are
+    relative to the file."""
+    base = origin.parent
     if isinstance(value, Mapping):
         return resolve_relative(dict(value), base)
-    if isinstance(value, str) and value != "embedded" and origin is not None \
-            and not Path(value).is_absolute():
+    if isinstance(value, str) and value != "embedded" and not Path(value).is_absolute():
         return str((base / value).resolve())
     return value
 
@@ -195,9 +194,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     where = {k: str(origin) for k, _, _ in leaf_keys()}
     if "world" in data:
         data["world"] = _world_from(data["world"], origin)
-    for key, value in (overrides or {}).items():
-        if key == "world" or key.startswith("world."):
-            value = _world_from(value, None) if key == "world" else value
+    for key, value in (overrides or {}).items():  # a flag's path is relative to the cwd
         _set_dotted(data, key, value)
         where[key] = f"{COMMAND_LINE} (--{key})"
 
