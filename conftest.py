@@ -97,7 +97,8 @@ def world(request: pytest.FixtureRequest):
     # world that the refreshing worker is about to delete.
     with FileLock(str(out / "world.fixture.lock")):
         return get_world(experiment_config(request.config).world,
-                         refresh=_refresh_once(request.config, "world"), out_dir=out)
+                         refresh=_refresh_once(request.config, "world"), out_dir=out,
+                         source=request.config.getoption("--config"))
 
 
 class _Run:

@@ -36,7 +36,7 @@ def _config(a: argparse.Namespace) -> ExperimentConfig:
 def cmd_world(a: argparse.Namespace) -> int:
     from probe.world.select import get_world
 
-    world = get_world(_config(a).world, refresh=a.refresh, out_dir=a.out)
+    world = get_world(_config(a).world, refresh=a.refresh, out_dir=a.out, source=a.config)
     logging.getLogger("probe").info("world %s: %s", world.name, world.meta)
     sys.stdout.write(f"{world.name}: {world.model_id}\n")
     return 0
@@ -48,7 +48,7 @@ def _stage_setup(a: argparse.Namespace) -> tuple[World, ExperimentConfig, Phase1
     from probe.world.select import get_world
 
     cfg = _config(a)
-    world = get_world(cfg.world, refresh=a.refresh, out_dir=a.out)
+    world = get_world(cfg.world, refresh=a.refresh, out_dir=a.out, source=a.config)
     return world, cfg, prepare_run(world, cfg, a.out), _device(a.device)
 
 

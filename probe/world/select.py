@@ -14,13 +14,14 @@ if TYPE_CHECKING:
 
 
 def get_world(spec: "str | RealWorldConfig" = "embedded", *, refresh: bool = False,
-              out_dir: str | Path = "out") -> World:
+              out_dir: str | Path = "out", source: str | Path | None = None) -> World:
     """'embedded' -> the default EmbeddedWorld (build-or-load); a JSON path or a RealWorldConfig
-    (an experiment config's [world] table) -> a RealWorld, its paths checked up front."""
+    (an experiment config's [world] table; `source`: that config file, for errors) -> a
+    RealWorld, its paths checked up front."""
     from probe.world.real import RealWorld, RealWorldConfig
 
     if isinstance(spec, RealWorldConfig):
-        return RealWorld(spec, source="the experiment config's [world] table")
+        return RealWorld(spec, source=f"{source or 'the experiment config'} [world]")
     if spec == "embedded":
         from probe.world.embedded.world import build_embedded_world
 

@@ -195,8 +195,8 @@ def test_missing_paths_fail_at_load_naming_the_key(config: RealWorldConfig, tmp_
                                     key: missing}))
         with pytest.raises(FileNotFoundError, match=rf"{key}.json: {key}: .*{Path(missing).name}"):
             get_world(str(path))
-        with pytest.raises(FileNotFoundError, match=rf"{key}: "):
-            get_world(replace(config, **{key: missing}))
+        with pytest.raises(FileNotFoundError, match=rf"exp.toml \[world\]: {key}: "):
+            get_world(replace(config, **{key: missing}), source="exp.toml")
     not_a_model = tmp_path / "empty-dir"
     not_a_model.mkdir()
     with pytest.raises(ModelNotFoundError, match="teacher_adapter: .*lacks"):
