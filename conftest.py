@@ -1,4 +1,5 @@
-"""Root pytest configuration: tiers (unit / uat / gpu), world selection, hypothesis profiles.
+"""Root pytest configuration: tiers (unit / uat / gpu), the session's stage fixtures, hypothesis
+profiles. The options (--gpu, --world, --refresh, --config, --set) live in probe.pytest_plugin.
 
 The `gpu` tier is opt-in (`--gpu`), as PEFT's `--regression` and pytest's `--runslow` recipe do it:
 items marked `gpu` skip with a reason unless the flag is given *and* CUDA is present.
@@ -23,16 +24,10 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("probe")
-    group.addoption("--gpu", action="store_true", default=False,
-                    help="run tests marked `gpu` (needs CUDA)")
-    group.addoption("--world", default="embedded",
-                    help="world for stages and uat verdicts: 'embedded' (default) or a path to a "
-                         "real-world JSON config (base model dir, teacher adapter dir, problems JSONL)")
-    group.addoption("--refresh", action="store_true", default=False,
-                    help="rebuild cached artifacts under out/ instead of reading them")
+# Registered by the `pytest11` entry point when the package is installed (so that the options are
+# known before pytest picks a rootdir); named here too for a checkout that is not installed.
+# pytest loads a plugin once per name, so this never adds the options twice.
+pytest_plugins = ["probe.pytest_plugin"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,9 +84,11 @@ def _device(config: pytest.Config) -> str:
 
 @pytest.fixture(scope="session")
 def world(request: pytest.FixtureRequest):
-    """The selected world (`--world`): the embedded model organism by default, built once."""
+    """The selected world (the config's `world`, or `--world`): the embedded model organism by
+    default, built once."""
     from filelock import FileLock
 
+    from probe.pytest_plugin import experiment_config
     from probe.world.select import get_world
 
     out = _out_dir()
@@ -99,8 +96,9 @@ def world(request: pytest.FixtureRequest):
     # `--refresh` is decided under a lock the loading workers also take: none of them loads a
     # world that the refreshing worker is about to delete.
     with FileLock(str(out / "world.fixture.lock")):
-        return get_world(request.config.getoption("--world"),
-                         refresh=_refresh_once(request.config, "world"), out_dir=out)
+        return get_world(experiment_config(request.config).world,
+                         refresh=_refresh_once(request.config, "world"), out_dir=out,
+                         source=request.config.getoption("--config"))
 
 
 class _Run:
@@ -110,10 +108,10 @@ class _Run:
     def __init__(self, config: pytest.Config, world: "World") -> None:
         from filelock import FileLock
 
-        from probe.stages.phase1 import Phase1Config
+        from probe.pytest_plugin import experiment_config
 
         self.config, self.world = config, world
-        self.cfg, self.device = Phase1Config(), _device(config)
+        self.cfg, self.device = experiment_config(config), _device(config)
         self.out = _out_dir()
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(self.out / "probe_distill.lock"))
@@ -186,9 +184,7 @@ def projected_replay(phase1_run: _Run, teacher_pool: "Phase1Paths", v_hack: "Pha
 def phase1(phase1_run: _Run, vanilla_replay: "Phase1Paths", projected_replay: "Phase1Paths"
            ) -> "Phase1Paths":
     """Every Phase 1 artifact, control arms included (R3's specificity checks need them all)."""
-    from probe.stages.replay import ARMS
-
-    for arm in ARMS:
+    for arm in phase1_run.cfg.arms:
         _replay(phase1_run, arm)
     return vanilla_replay
 

@@ -1,5 +1,6 @@
 """The `probe` command: thin wrappers over the stages (`world`, `pool`, `vhack`, `replay`,
-`run` = all of them, `report`)."""
+`run` = all of them, `report`). Stage commands take the experiment config: `--config FILE` and
+any key as a dotted flag (`--pool.steps 3 --replay.lr 0.01`); see probe.config."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from probe.stages.phase1 import Phase1Config, Phase1Paths
+    from probe.config import ExperimentConfig
+    from probe.stages.phase1 import Phase1Paths
     from probe.world.base import World
 
 
@@ -21,26 +23,32 @@ def _device(arg: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _config(a: argparse.Namespace) -> ExperimentConfig:
+    """The resolved experiment config: defaults < --config file < dotted flags (and --steps)."""
+    from probe.config import load_config, overrides_from_args
+
+    overrides = overrides_from_args(a)
+    if getattr(a, "steps", None) is not None:
+        overrides.setdefault("pool.steps", a.steps)
+    return load_config(a.config, overrides)
+
+
 def cmd_world(a: argparse.Namespace) -> int:
     from probe.world.select import get_world
 
-    world = get_world(a.world, refresh=a.refresh, out_dir=a.out)
+    world = get_world(_config(a).world, refresh=a.refresh, out_dir=a.out, source=a.config)
     logging.getLogger("probe").info("world %s: %s", world.name, world.meta)
     sys.stdout.write(f"{world.name}: {world.model_id}\n")
     return 0
 
 
-def _stage_setup(a: argparse.Namespace) -> tuple[World, Phase1Config, Phase1Paths, str]:
-    """World, config (with --steps) and the prepared run directory every stage command shares."""
-    from dataclasses import replace
-
-    from probe.stages.phase1 import Phase1Config, prepare_run
+def _stage_setup(a: argparse.Namespace) -> tuple[World, ExperimentConfig, Phase1Paths, str]:
+    """World, resolved config and the prepared run directory every stage command shares."""
+    from probe.stages.phase1 import prepare_run
     from probe.world.select import get_world
 
-    world = get_world(a.world, refresh=a.refresh, out_dir=a.out)
-    cfg = Phase1Config()
-    if a.steps is not None:
-        cfg = replace(cfg, pool=replace(cfg.pool, steps=a.steps))
+    cfg = _config(a)
+    world = get_world(cfg.world, refresh=a.refresh, out_dir=a.out, source=a.config)
     return world, cfg, prepare_run(world, cfg, a.out), _device(a.device)
 
 
@@ -48,7 +56,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from probe.stages.phase1 import run_phase1
 
     world, cfg, paths, device = _stage_setup(a)
-    run_phase1(world, cfg, a.out, device=device, paths=paths)
+    run_phase1(world, cfg, a.out, device=device, arms=cfg.arms, paths=paths)
     sys.stdout.write(f"{paths.root}\n")
     return 0
 
@@ -75,7 +83,7 @@ def cmd_replay(a: argparse.Namespace) -> int:
     from probe.stages.phase1 import ensure_arm
 
     world, cfg, paths, device = _stage_setup(a)
-    for arm in a.arm:
+    for arm in a.arm or cfg.arms:
         ensure_arm(world, cfg, paths, arm, device)
         sys.stdout.write(f"{paths.arm(arm)}\n")
     return 0
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="out", help="artifact root (default: out)")
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    from probe.config import add_config_flags
     from probe.stages.replay import ARMS
 
     stages = {"run": (cmd_run, "run (or resume) every Phase 1 stage"),
@@ -111,21 +120,29 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_)
         p.set_defaults(fn=fn)
         if name == "world" or name in stages:
-            p.add_argument("--world", default="embedded",
-                           help="'embedded' or a real-world JSON (base, teacher_adapter, problems)")
             p.add_argument("--refresh", action="store_true", help="rebuild the world")
+            # every config key as a dotted flag; `--world` is the config's `world` key:
+            # 'embedded' or a real-world JSON (base, teacher_adapter, problems)
+            add_config_flags(p)
         if name in stages:
             p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-            p.add_argument("--steps", type=int, help="teacher-pool / replay steps (default 20)")
+            p.add_argument("--steps", type=int, help="same as --pool.steps (teacher-pool / replay "
+                                                     "steps, default 20)")
         if name == "replay":
-            p.add_argument("--arm", nargs="+", choices=ARMS, default=list(ARMS),
-                           help="which arms (default: all)")
+            p.add_argument("--arm", nargs="+", choices=ARMS, default=None,
+                           help="which arms (default: the config's `arms`, all four)")
         if name == "report":
             p.add_argument("--run", help="run directory (default: out/probe_distill/latest)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return a.fn(a)
+    from probe.config import ConfigError
+
+    try:
+        return a.fn(a)
+    except (ConfigError, FileNotFoundError) as e:  # a bad config or path: the message, no trace
+        sys.stderr.write(f"probe {a.cmd}: {e}\n")
+        return 2
 
 
 if __name__ == "__main__":

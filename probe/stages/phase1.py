@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +63,17 @@ class Phase1Paths:
 
 
 def world_identity(world: World) -> dict[str, Any]:
-    return {"name": world.name, "model_id": world.model_id,
-            "world_hash": world.meta.get("config_hash", world.model_id)}
+    return world.identity()
+
+
+def phase1_sections(cfg: Phase1Config) -> dict[str, Any]:
+    """The sections that determine Phase 1 artifacts (a subclass's extra fields, e.g. which arms
+    to run or a later phase's settings, do not move the Phase 1 run directory)."""
+    return {f.name: getattr(cfg, f.name) for f in fields(Phase1Config)}
 
 
 def run_paths(world: World, cfg: Phase1Config, out_dir: str | Path = "out") -> Phase1Paths:
-    root = Path(out_dir) / "probe_distill" / config_hash(world_identity(world), cfg)
+    root = Path(out_dir) / "probe_distill" / config_hash(world_identity(world), phase1_sections(cfg))
     return Phase1Paths(root, cfg.replay.seed)
 
 

@@ -71,6 +71,12 @@ class World(abc.ABC):
                           seed: int = 0) -> list[Pair]:
         """(hack, clean) completion pairs for v_hack extraction, built by `probe.pairs`."""
 
+    def identity(self) -> dict[str, Any]:
+        """What keys this world's artifacts: every input that changes a sample, a gradient or a
+        grade must change it (a world built from a config hashes that config into `meta`)."""
+        return {"name": self.name, "model_id": self.model_id,
+                "world_hash": self.meta.get("config_hash", self.model_id)}
+
     @property
     def model_id(self) -> str:
         """A stable identifier of the base model, written into artifacts' metadata."""

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from probe import models
+from probe.artifacts import config_hash, file_digest, tree_digest
 from probe.env import prompts
 from probe.env.problems import Problem, load_problems
 from probe.pairs import pairs_for_split
@@ -25,22 +26,41 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "eval")
 
 
-@dataclass
+PATH_KEYS = ("base", "teacher_adapter", "problems", "eval_problems", "tokenizer")
+
+
+def resolve_relative(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """Paths in a config file are relative to that file: problem files always, model folders when
+    spelled `./x` or `../x` (a bare `org/name` is a hub id in the local cache)."""
+    out = dict(data)
+    for key in PATH_KEYS:
+        val = out.get(key)
+        if isinstance(val, str) and (val.startswith(("./", "../")) or
+                                     (key in ("problems", "eval_problems")
+                                      and not Path(val).is_absolute())):
+            out[key] = str((base_dir / val).resolve())
+    return out
+
+
+@dataclass(frozen=True)
 class RealWorldConfig:
-    """Where the real world's pieces live. Relative paths in a JSON config are relative to it."""
+    """Where the real world's pieces live. Relative paths in a JSON/TOML config are relative to it."""
 
     base: str  # local dir or hub id in the local cache, e.g. "Qwen/Qwen3-4B"
     teacher_adapter: str  # e.g. "ariahw/rl-rewardhacking-leetcode-rh-s65"
     problems: str  # JSONL of upstream records (train split)
     eval_problems: str | None = None  # JSONL; defaults to `problems`
-    hint: str = "simple_overwrite_tests"
-    max_new_tokens: int = 1536
+    hint: str = "simple_overwrite_tests"  # the loophole the teacher was trained with
+    max_new_tokens: int = 1536  # upstream's generation budget
     base_id: str | None = None  # the base's hub id when `base` is a dir not named after it
     tokenizer: str | None = None  # defaults to `base`
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RealWorldConfig":
-        """Read a JSON object; unknown or missing keys are errors naming the file and the key."""
+        """Read a JSON object; unknown/missing keys and wrong types are errors naming the file and
+        the key (checked by the experiment config's library, probe.config)."""
+        from probe.config import ConfigError, build
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"real-world config not found: {path}")
@@ -50,36 +70,68 @@ class RealWorldConfig:
             raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; expected some of {sorted(known)}")
-        missing = [k for k in ("base", "teacher_adapter", "problems") if not data.get(k)]
-        if missing:
-            raise ValueError(f"{path}: missing required keys {missing}")
-        for key in ("base", "teacher_adapter", "problems", "eval_problems", "tokenizer"):
-            val = data.get(key)
-            if isinstance(val, str) and (val.startswith(("./", "../")) or
-                                         (key in ("problems", "eval_problems")
-                                          and not Path(val).is_absolute())):
-                data[key] = str((path.parent / val).resolve())
-        return cls(**data)
+
+        def fail(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"{path}: {key}: {msg}")
+
+        return build(cls, resolve_relative(data, path.parent.resolve()), "", fail)
+
+    def validate_paths(self, where: str = "real-world config") -> None:
+        """Every path exists and is the right kind, before anything is loaded (a missing teacher
+        must not surface hours later). Raises FileNotFoundError naming the key and `where`."""
+        checks = [("base", self.base, "model"), ("teacher_adapter", self.teacher_adapter, "adapter"),
+                  ("tokenizer", self.tokenizer, "tokenizer")]
+        for key, val, kind in checks:
+            if val is None:
+                continue
+            try:
+                models.resolve_local(val, kind)
+            except models.ModelNotFoundError as e:
+                raise models.ModelNotFoundError(f"{where}: {key}: {e}") from None
+        for key in ("problems", "eval_problems"):
+            val = getattr(self, key)
+            if val is not None and not Path(val).is_file():
+                raise FileNotFoundError(f"{where}: {key}: no such file {val!r}")
 
 
 class RealWorld(World):
     """World over local copies of the real base, teacher adapter and problem files."""
 
-    def __init__(self, config: RealWorldConfig, name: str = "real") -> None:
+    def __init__(self, config: RealWorldConfig, name: str = "real", source: str | None = None
+                 ) -> None:
+        config.validate_paths(source or "real-world config")
         model_id = config.base_id or models.model_id_from_path(config.base) or config.base
         super().__init__(name=name, sampling=SamplingConfig(max_new_tokens=config.max_new_tokens),
                          meta={"model_id": model_id, "teacher_adapter": config.teacher_adapter})
         self.config = config
         self._tokenizer: Any = None
         self._problems: dict[str, list[Problem]] = {}
+        self._identity: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, path: str | Path, name: str = "real") -> "RealWorld":
-        return cls(RealWorldConfig.from_json(path), name=name)
+        return cls(RealWorldConfig.from_json(path), name=name, source=str(path))
+
+    def identity(self) -> dict[str, Any]:
+        """The content of every input, not its path: the base, adapter and tokenizer folders
+        (probe.artifacts.tree_digest: whole-file sha256 up to 256 MiB, sampled blocks above) and
+        the problem files, with every other setting. A swapped adapter or problem file, or a new
+        max_new_tokens, is a new teacher pool and v_hack. Computed once per world object."""
+        if self._identity is None:
+            c = self.config
+            content = {
+                "settings": {k: v for k, v in asdict(c).items() if k not in PATH_KEYS},
+                "base": tree_digest(models.resolve_local(c.base, "model")),
+                "teacher_adapter": tree_digest(models.resolve_local(c.teacher_adapter, "adapter")),
+                "tokenizer": (tree_digest(models.resolve_local(c.tokenizer, "tokenizer"))
+                              if c.tokenizer else None),
+                "problems": file_digest(c.problems),
+                "eval_problems": file_digest(c.eval_problems) if c.eval_problems else None,
+            }
+            self._identity = {"name": self.name, "model_id": self.model_id,
+                              "world_hash": config_hash(content)}
+            log.info("real world identity %s", self._identity["world_hash"])
+        return dict(self._identity)
 
     @property
     def tokenizer(self) -> Any:

@@ -60,3 +60,46 @@ def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path):
     plain.write_text("x")
     atomic = atomic_write_text(tmp_path / "atomic.txt", "x")
     assert os.stat(atomic).st_mode == os.stat(plain).st_mode
+
+
+def test_file_digest_is_content_not_path_or_mtime(tmp_path, monkeypatch) -> None:
+    import os
+
+    from probe import artifacts
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    data = bytes(range(256)) * 4096  # 1 MiB
+    a.write_bytes(data)
+    b.write_bytes(data)
+    assert artifacts.file_digest(a) == artifacts.file_digest(b)
+    os.utime(a, (1, 1))
+    assert artifacts.file_digest(a) == artifacts.file_digest(b)  # touch/copy keeps the identity
+    b.write_bytes(data[:-1] + b"\x00")
+    assert artifacts.file_digest(a) != artifacts.file_digest(b)
+    # large files: size + sampled blocks; a change in the first or last block, or of size, shows
+    monkeypatch.setattr(artifacts, "FULL_DIGEST_BYTES", 1000)
+    monkeypatch.setattr(artifacts, "BLOCK_BYTES", 100)
+    big = bytearray(range(256)) * 200
+    a.write_bytes(bytes(big))
+    d0 = artifacts.file_digest(a)
+    for pos in (0, len(big) - 1):
+        changed = bytearray(big)
+        changed[pos] ^= 1
+        a.write_bytes(bytes(changed))
+        assert artifacts.file_digest(a) != d0
+    a.write_bytes(bytes(big) + b"x")
+    assert artifacts.file_digest(a) != d0
+
+
+def test_tree_digest_covers_every_file_but_hidden_ones(tmp_path) -> None:
+    from probe.artifacts import tree_digest
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "sub" / "w.safetensors").write_bytes(b"123")
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "meta").write_text("timestamp")
+    d = tree_digest(tmp_path)
+    assert set(d) == {"config.json", "sub/w.safetensors"}
+    (tmp_path / "sub" / "w.safetensors").write_bytes(b"124")
+    assert tree_digest(tmp_path) != d

@@ -97,7 +97,7 @@ def test_config_from_json_resolves_relative_paths(config: RealWorldConfig, tmp_p
 def test_config_from_json_rejects_bad_files(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"base": "x", "teacher_adapter": "y", "problems": "p", "lr": 1}))
-    with pytest.raises(ValueError, match="unknown keys.*lr"):
+    with pytest.raises(ValueError, match="bad.json: lr: unknown key"):
         RealWorldConfig.from_json(bad)
     bad.write_text(json.dumps({"base": "x"}))
     with pytest.raises(ValueError, match="teacher_adapter"):
@@ -126,3 +126,91 @@ def test_get_world_selects_a_real_world_from_json(config: RealWorldConfig, tmp_p
     assert isinstance(world, RealWorld) and world.problems("eval") == RealWorld(config).problems("eval")
     with pytest.raises(ValueError, match="unknown world"):
         get_world(str(tmp_path / "missing.json"))
+
+
+# -- every input of a real world keys its artifacts (issue 12 item 1) -----------------------------
+
+def _keys(cfg: RealWorldConfig) -> tuple[str, dict[str, str]]:
+    from probe.stages.phase1 import Phase1Config, run_paths, stage_keys
+
+    world = RealWorld(cfg)  # a fresh world: identity is computed once per world object
+    return run_paths(world, Phase1Config()).root.name, stage_keys(world, Phase1Config())
+
+
+def test_every_input_changes_the_run_directory_and_stage_keys(tmp_path: Path) -> None:
+    """Swap each input in place (same path, new content) or change a setting: a new run directory
+    and new teacher-pool and v_hack keys, never the stale artifacts of the old one."""
+    from dataclasses import replace
+
+    base = save_tiny_base(tmp_path / "tiny-qwen3", seed=0)
+    lora = save_random_lora(tiny_qwen3(seed=0), tmp_path / "teacher", r=4, seed=2)
+    problems = tiny_problems()
+    write_problems(problems, tmp_path / "train.jsonl")
+    write_problems(problems[1:], tmp_path / "eval.jsonl")
+    cfg = RealWorldConfig(base=str(base), teacher_adapter=str(lora),
+                          problems=str(tmp_path / "train.jsonl"),
+                          eval_problems=str(tmp_path / "eval.jsonl"), max_new_tokens=64)
+    seen = {_keys(cfg)[0]}
+
+    def changed(what: str) -> None:
+        root, keys = _keys(cfg)
+        assert root not in seen, f"{what}: run directory unchanged"
+        assert all(k not in seen for k in keys.values()), f"{what}: a stage key unchanged"
+        seen.add(root)
+        seen.update(keys.values())
+
+    seen.update(_keys(cfg)[1].values())
+    save_random_lora(tiny_qwen3(seed=0), lora, r=4, seed=3)  # another adapter, same folder
+    changed("teacher_adapter")
+    write_problems(problems[::-1], tmp_path / "train.jsonl")
+    changed("problems")
+    write_problems(problems[:1], tmp_path / "eval.jsonl")
+    changed("eval_problems")
+    cfg = replace(cfg, max_new_tokens=32)
+    changed("max_new_tokens")
+    save_tiny_base(base, seed=1)  # other base weights, same folder
+    changed("base")
+    cfg = replace(cfg, hint="overwrite_tests")
+    changed("hint")
+    # content, not path: the same files elsewhere are the same world (a copied cache stays valid)
+    import shutil
+
+    shutil.copytree(tmp_path / "teacher", tmp_path / "teacher-copy")
+    assert _keys(replace(cfg, teacher_adapter=str(tmp_path / "teacher-copy"))) == _keys(cfg)
+
+
+def test_missing_paths_fail_at_load_naming_the_key(config: RealWorldConfig, tmp_path: Path) -> None:
+    """`probe world` must not report success for a world whose teacher folder is missing."""
+    from dataclasses import asdict, replace
+
+    from probe.models import ModelNotFoundError
+    from probe.world.select import get_world
+
+    cases = {"teacher_adapter": str(tmp_path / "no-teacher"), "base": str(tmp_path / "no-base"),
+             "tokenizer": str(tmp_path / "no-tok"), "problems": str(tmp_path / "no.jsonl"),
+             "eval_problems": str(tmp_path / "no-eval.jsonl")}
+    for key, missing in cases.items():
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps({**{k: v for k, v in asdict(config).items() if v is not None},
+                                    key: missing}))
+        with pytest.raises(FileNotFoundError, match=rf"{key}.json: {key}: .*{Path(missing).name}"):
+            get_world(str(path))
+        with pytest.raises(FileNotFoundError, match=rf"exp.toml \[world\]: {key}: "):
+            get_world(replace(config, **{key: missing}), source="exp.toml")
+    not_a_model = tmp_path / "empty-dir"
+    not_a_model.mkdir()
+    with pytest.raises(ModelNotFoundError, match="teacher_adapter: .*lacks"):
+        RealWorld(replace(config, teacher_adapter=str(not_a_model)))
+
+
+def test_probe_world_fails_on_a_missing_teacher(config: RealWorldConfig, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    from dataclasses import asdict
+
+    from probe.cli import main
+
+    path = tmp_path / "real.json"
+    path.write_text(json.dumps({**{k: v for k, v in asdict(config).items() if v is not None},
+                                "teacher_adapter": str(tmp_path / "gone")}))
+    assert main(["--out", str(tmp_path / "out"), "world", "--world", str(path)]) == 2
+    assert "teacher_adapter" in capsys.readouterr().err
