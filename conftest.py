@@ -191,21 +191,16 @@ def phase1(phase1_run: _Run, vanilla_replay: "Phase1Paths", projected_replay: "P
 
 @pytest.fixture(scope="session")
 def grpo_run(phase1_run: _Run, v_hack: "Phase1Paths"):
-    """R5: every GRPO arm × seed (each under its own lock, so xdist workers split them); returns
-    (paths, config)."""
-    from probe.stages.grpo import ensure_grpo, grpo_paths
-    from probe.stages.phase1 import ensure_vhack, stage_keys, world_identity
-    from probe.rl.config import GRPOConfig
+    """R5: every GRPO arm × seed of the config (each under its own lock, so xdist workers split
+    them); returns (paths, GRPO config)."""
+    from probe.stages.grpo import run_grpo
 
     run = phase1_run
-    cfg = GRPOConfig()
-    with run.lock:
-        V = ensure_vhack(run.world, run.cfg, v_hack, run.device)
-    paths = grpo_paths(world_identity(run.world), stage_keys(run.world, run.cfg)["v_hack"], cfg,
-                       run.out)
-    ensure_grpo(run.world, cfg, paths, V, device=run.device, rank=run.cfg.replay.rank,
-                vhack_k=run.cfg.vhack.k)
-    return paths, cfg
+    with run.lock:  # v_hack is loaded (made by the v_hack fixture) under the run's lock
+        from probe.stages.phase1 import ensure_vhack
+
+        ensure_vhack(run.world, run.cfg, v_hack, run.device)
+    return run_grpo(run.world, run.cfg, v_hack, run.out, run.device), run.cfg.grpo
 
 
 # -- the verdict table printed at the end of `pytest -m uat` --------------------------------------

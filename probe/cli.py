@@ -1,4 +1,4 @@
-"""The `probe` command: thin wrappers over the stages (`world`, `pool`, `vhack`, `replay`,
+"""The `probe` command: thin wrappers over the stages (`world`, `pool`, `vhack`, `replay`, `grpo`,
 `run` = all of them, `report`). Stage commands take the experiment config: `--config FILE` and
 any key as a dotted flag (`--pool.steps 3 --replay.lr 0.01`); see probe.config."""
 from __future__ import annotations
@@ -89,6 +89,15 @@ def cmd_replay(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grpo(a: argparse.Namespace) -> int:
+    from probe.stages.grpo import run_grpo
+
+    world, cfg, paths, device = _stage_setup(a)
+    out = run_grpo(world, cfg, paths, a.out, device)
+    sys.stdout.write(f"{out.root}\n")
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from probe.checks import load_paths
     from probe.report import write_report
@@ -113,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
               "pool": (cmd_pool, "T1: generate (or resume) the teacher pool"),
               "vhack": (cmd_vhack, "extract v_hack and its random / shuffled controls"),
               "replay": (cmd_replay,
-                         "T2/T3: replay arms on the pool (makes pool and v_hack if missing)")}
+                         "T2/T3: replay arms on the pool (makes pool and v_hack if missing)"),
+              "grpo": (cmd_grpo, "R5: GRPO arms x seeds on mixed teacher/student groups "
+                                 "(makes v_hack if missing)")}
     for name, (fn, help_) in {"world": (cmd_world, "build or load the world"), **stages,
                               "report": (cmd_report, "write out/report.md from a run's artifacts")
                               }.items():

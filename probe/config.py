@@ -21,7 +21,7 @@ import argparse
 import logging
 import sys
 import typing
-from dataclasses import MISSING, dataclass, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -29,6 +29,8 @@ import dacite
 
 from probe.env.prompts import HINTS
 from probe.project import MODES
+from probe.rl.arms import GRPO_ARMS
+from probe.rl.config import CORRECTIONS, GRPOConfig
 from probe.stages.phase1 import Phase1Config
 from probe.stages.replay import ARMS
 from probe.world.real import RealWorldConfig, resolve_relative
@@ -56,8 +58,8 @@ class ExperimentConfig(Phase1Config):
     world: str | RealWorldConfig = "embedded"
     # replay arms `probe run` and the uat fixtures run (R3's specificity checks need all four)
     arms: tuple[str, ...] = ARMS
-    # Phase 2 (probe/rl/config.py), one line once it lands:
-    # grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    # Phase 2: the GRPO trajectory probe (R5); keys its own run directory, not Phase 1's
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
 
 # -- values dacite cannot judge: dotted key -> check returning the problem, or None ---------------
@@ -92,11 +94,21 @@ RULES: dict[str, Callable[[Any], str | None]] = {
         "pool.temperature", "pool.max_new_tokens", "vhack.k", "vhack.batch_size", "replay.lr",
         "replay.max_grad_norm", "replay.micro_batch", "replay.rank", "student_eval.n_problems",
         "student_eval.group_size", "student_eval.gen_batch_size", "grader.timeout_s",
-        "grader.memory_mb", "grader.max_output_bytes", "world.max_new_tokens")},
+        "grader.memory_mb", "grader.max_output_bytes", "world.max_new_tokens",
+        "grpo.steps", "grpo.problems_per_step", "grpo.group_size", "grpo.max_new_tokens",
+        "grpo.temperature", "grpo.lr", "grpo.max_grad_norm", "grpo.updates_per_batch",
+        "grpo.epsilon", "grpo.epsilon_high", "grpo.is_cap", "grpo.luffy_gamma",
+        "grpo.refresh_every", "grpo.micro_batch", "grpo.gen_batch_size")},
     **{k: _non_negative for k in (
         "pool.base_reference_steps", "vhack.noise_floor", "replay.weight_decay",
-        "replay.null_directions", "grader.workers")},
-    "pool.top_p": _unit_interval,
+        "replay.null_directions", "grader.workers", "grpo.weight_decay")},
+    "pool.top_p": _unit_interval, "grpo.top_p": _unit_interval,
+    "grpo.teacher_frac": lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
+    "grpo.correction": _one_of(CORRECTIONS), "grpo.projection": _one_of(MODES),
+    "grpo.hint": _one_of(HINTS),
+    "grpo.arms": lambda v: _non_empty(v) or _one_of(tuple(GRPO_ARMS))(v)
+    or (None if "vanilla" in v else "must include 'vanilla' (every R5 comparison is against it)"),
+    "grpo.seeds": _non_empty,
     "pool.hint": _one_of(HINTS), "student_eval.hint": _one_of(HINTS), "world.hint": _one_of(HINTS),
     "replay.projection": _one_of(MODES),
     "arms": lambda v: _non_empty(v) or _one_of(ARMS)(v),
@@ -107,6 +119,7 @@ _HOOKS: dict[Any, Callable[[Any], Any]] = {
     float: lambda v: float(v) if type(v) is int else v,
     # TOML arrays are lists; a string stays a string (and fails the type check, not split in chars)
     tuple[str, ...]: lambda v: tuple(v) if isinstance(v, list) else v,
+    tuple[int, ...]: lambda v: tuple(v) if isinstance(v, list) else v,
 }
 _DACITE = dacite.Config(strict=True, type_hooks=_HOOKS)
 
@@ -231,6 +244,9 @@ def build(cls: type, data: Mapping[str, Any], prefix: str,
         raise fail(prefix + (e.field_path or "?"), "missing required key") from None
     except dacite.DaciteError as e:
         raise fail(prefix.rstrip(".") or "config", str(e)) from None
+    except ValueError as e:  # a section's own __post_init__ check; its message names the key
+        key, _, msg = str(e).partition(": ")
+        raise fail(key if msg else prefix.rstrip(".") or "config", msg or str(e)) from None
 
 
 def _type_name(t: Any) -> str:

@@ -254,3 +254,15 @@ def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
             finally:
                 lock.release()
     return paths
+
+
+def run_grpo(world: World, cfg: Any, phase1_paths: Any, out_dir: str | Path = "out",
+             device: str = "cpu") -> GRPOPaths:
+    """R5 end to end for an experiment config (`cfg.grpo` plus the Phase 1 sections v_hack comes
+    from): v_hack extracted or loaded in the Phase 1 run, then every arm × seed."""
+    from probe.stages.phase1 import ensure_vhack, stage_keys, world_identity
+
+    V = ensure_vhack(world, cfg, phase1_paths, device)
+    paths = grpo_paths(world_identity(world), stage_keys(world, cfg)["v_hack"], cfg.grpo, out_dir)
+    return ensure_grpo(world, cfg.grpo, paths, V, device=device, grader_config=cfg.grader,
+                       rank=cfg.replay.rank, vhack_k=cfg.vhack.k)

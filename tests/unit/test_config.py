@@ -250,3 +250,22 @@ def test_experiment_config_reads_the_options(pytestconfig: pytest.Config) -> Non
     assert cfg.pool == ExperimentConfig().pool
     assert cfg.world == (pytestconfig.getoption("--world") or "embedded")
     json.dumps(cfg.arms)  # serialisable into manifests
+
+
+def test_qwen3_4b_toml_has_the_real_grpo_numbers() -> None:
+    g = load_config(CONFIGS / "qwen3-4b.toml").grpo
+    assert (g.problems_per_step, g.group_size, g.max_new_tokens, g.steps) == (16, 16, 1536, 20)
+    assert (g.temperature, g.top_p, g.split) == (0.7, 0.95, "train")
+    assert len(g.seeds) >= 3 and "vanilla" in g.arms
+
+
+@pytest.mark.parametrize("text, key", [('correction = "bogus"', "grpo.correction"),
+                                       ("teacher_frac = 1.5", "grpo.teacher_frac"),
+                                       ('arms = ["projected"]', "grpo.arms"),
+                                       ('arms = ["vanilla", "nope"]', "grpo.arms"),
+                                       ("seeds = []", "grpo.seeds")])
+def test_bad_grpo_values_name_key_and_file(tmp_path, text, key) -> None:
+    path = tmp_path / "exp.toml"
+    path.write_text(f"[grpo]\n{text}\n")
+    with pytest.raises(ConfigError, match=rf"{path}: {key}"):
+        load_config(path)
