@@ -146,17 +146,27 @@ def random_direction_null(pure: list[dict[str, Any]], combo: list[dict[str, Any]
                           ) -> dict[str, Any]:
     """Is v_hack special? The same Welch t for each of n Haar-random directions (stored per row
     as `cos_null`): when the buckets' gradients differ in any generic way, random directions get a
-    large |t| too. Empirical p = (1 + #{|t_null| >= t_v_hack}) / (n + 1)."""
-    if not pure or "cos_null" not in pure[0]:
-        return {"n": 0, "p_empirical": float("nan"), "abs_t_q95": float("nan")}
+    large |t| too. Empirical p = (1 + #{|t_null| >= t_v_hack}) / (n + 1). A bucket with too few
+    rows (or rows without `cos_null`) gives n = 0 and NaN statistics, never an exception: the
+    verdict must report the counts, not crash."""
+    nan = float("nan")
+    empty = {"n": 0, "p_empirical": nan, "abs_t_q95": nan, "abs_t_median": nan,
+             "n_pure": len(pure), "n_combined": len(combo)}
+    if not pure or not combo or not all("cos_null" in r for r in (*pure, *combo)):
+        return empty
     a = np.array([r["cos_null"] for r in pure], dtype=float)
     b = np.array([r["cos_null"] for r in combo], dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        return empty
     ts = np.array([welch_greater(a[:, k], b[:, k]).t for k in range(a.shape[1])])
     ts = ts[np.isfinite(ts)]
+    if not len(ts):
+        return empty
     exceed = int((np.abs(ts) >= t_vhack).sum()) if math.isfinite(t_vhack) else len(ts)
-    return {"n": int(len(ts)), "abs_t_q95": float(np.quantile(np.abs(ts), 0.95)) if len(ts) else float("nan"),
-            "abs_t_median": float(np.median(np.abs(ts))) if len(ts) else float("nan"),
-            "p_empirical": (1 + exceed) / (len(ts) + 1)}
+    return {"n": int(len(ts)), "abs_t_q95": float(np.quantile(np.abs(ts), 0.95)),
+            "abs_t_median": float(np.median(np.abs(ts))),
+            "p_empirical": (1 + exceed) / (len(ts) + 1),
+            "n_pure": len(pure), "n_combined": len(combo)}
 
 
 def _problem_means(pure: list[dict[str, Any]], combo: list[dict[str, Any]]

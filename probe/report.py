@@ -20,10 +20,14 @@ log = logging.getLogger(__name__)
 
 
 def _safe(fn: Callable[[], Any]) -> Any:
+    """A statistic that cannot be computed is shown as its error in the report, which is still
+    written: one missing or degenerate artifact must not cost the reader every other number."""
     try:
         return fn()
-    except (ArtifactError, KeyError, FileNotFoundError, ZeroDivisionError) as e:
-        return {"error": str(e)}
+    except (ArtifactError, KeyError, FileNotFoundError, ZeroDivisionError, ValueError,
+            IndexError) as e:
+        log.warning("report: %s", e)
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _fmt(x: Any) -> str:
