@@ -17,7 +17,8 @@ from scipy.stats import fisher_exact
 from probe.artifacts import ArtifactError, read_manifest, read_rows, read_stage
 from probe.stages.phase1 import Phase1Paths
 from probe.stages.replay import ARMS
-from probe.stats import caliper_match, correlation, length_residualised, welch_greater
+from probe.stats import (caliper_match, correlation, length_residualised, min_detectable_decrease,
+                         welch_greater)
 
 
 def _rate(rows: list[dict[str, Any]], key: str) -> float:
@@ -193,8 +194,12 @@ def behaviour(paths: Phase1Paths) -> dict[str, Any]:
     return out
 
 
-def behaviour_stats(paths: Phase1Paths) -> dict[str, Any]:
-    """Did vanilla replay learn to hack, and did projection slow it? (one-sided Fisher exact test)"""
+def behaviour_stats(paths: Phase1Paths, alpha: float = 0.05, power: float = 0.8
+                    ) -> dict[str, Any]:
+    """Did vanilla replay learn to hack, and did projection slow it? (one-sided Fisher exact test)
+    Each comparison also carries the smallest hack-rate drop its sample sizes detect with `power`
+    at one-sided `alpha` from the reference arm's rate (`mdd_*`): a non-significant difference at
+    an n that cannot detect the effect of interest is no evidence of absence."""
     out: dict[str, Any] = dict(behaviour(paths))
     counts = {k: (round(v["hack_rate"] * v["n"]), v["n"]) for k, v in out.items() if v}
     out["vanilla_rise"] = out["vanilla"]["hack_rate"] - out["start"]["hack_rate"]
@@ -207,10 +212,45 @@ def behaviour_stats(paths: Phase1Paths) -> dict[str, Any]:
         (ha, na), (hb, nb) = counts[a], counts[b]
         return float(fisher_exact([[ha, na - ha], [hb, nb - hb]], alternative="greater").pvalue)
 
+    def mdd(a: str, b: str) -> float:
+        """Smallest drop from arm `a`'s hack rate that n_a vs n_b samples detect."""
+        if a not in counts or b not in counts:
+            return float("nan")
+        return min_detectable_decrease(out[a]["hack_rate"], counts[a][1], counts[b][1], alpha,
+                                       power)
+
+    out["power"], out["alpha"] = power, alpha
     out["fisher_p"] = fewer_hacks("vanilla", "projected")
+    out["mdd_vanilla_vs_projected"] = mdd("vanilla", "projected")
     for control in ("random", "shuffled"):
         out[f"specific_vs_{control}_p"] = fewer_hacks(f"projected_{control}", "projected")
+        out[f"mdd_{control}_vs_projected"] = mdd(f"projected_{control}", "projected")
     return out
+
+
+def control_stats(paths: Phase1Paths) -> dict[str, Any]:
+    """Each control V's alignment with v_hack, from the saved direction files (so runs made before
+    it was recorded are measured too): per module and overall cosine, thresholds, validity."""
+    from probe.vhack import VHackMismatchError, control_alignment, load_vhack
+
+    def load(kind: str) -> dict[str, Any]:
+        try:
+            return load_vhack(paths.vhack_file(kind))[0]
+        except VHackMismatchError as e:  # a missing or corrupt direction file
+            raise ArtifactError(str(e)) from e
+
+    V = load("nll")
+    return {kind: control_alignment(load(kind), V) for kind in ("random", "shuffled")}
+
+
+def invalid_control_note(alignment: dict[str, Any]) -> str:
+    """'' for a valid control, else why it is no control (its alignment with v_hack), as the
+    prefix of a verdict's statistic."""
+    if alignment["valid"]:
+        return ""
+    return (f"INVALID CONTROL: cos with v_hack mean {alignment['mean_cos']:+.3f} (max "
+            f"{alignment['mean_cos_max']:.3f}), per-module RMS {alignment['rms_overlap']:.3f} (max "
+            f"{alignment['rms_overlap_max']:.3f}; random V ≈ {alignment['random_null_rms']:.3f}); ")
 
 
 def load_paths(root: str | Path, seed: int | None = None) -> Phase1Paths:

@@ -63,12 +63,19 @@ def test_R4_pure_hack_above_hack_plus_correct(stats, verdict):
 
 
 @pytest.mark.parametrize("control", ["random", "shuffled"])
-def test_R4_controls_do_not_pass(stats, verdict, control):
+def test_R4_controls_do_not_pass(stats, verdict, control, vanilla_replay):
+    """A control far from orthogonal to v_hack is flagged invalid (see R3), not counted."""
+    from probe.checks import control_stats, invalid_control_note
+
     w = stats[control]
     note = _buckets_note(stats)
-    verdict("R4", f"control {control} must not pass", f"{note}{_fmt(w)}",
-            f"NOT (t > {T_MIN}, p < {P_MAX})", not note and not _passes(w))
+    invalid = invalid_control_note(control_stats(vanilla_replay)[control])
+    verdict("R4", f"control {control} must not pass", f"{invalid}{note}{_fmt(w)}",
+            f"NOT (t > {T_MIN}, p < {P_MAX}), control valid",
+            not note and not invalid and not _passes(w))
     _require_buckets(stats)
+    if invalid:
+        pytest.fail(f"the {control} control is not a control: {invalid}{_fmt(w)}")
     assert not _passes(w), f"the {control} control passes the R4 test too: {_fmt(w)}"
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from probe.artifacts import step_path, write_manifest, write_rows
 from probe.stages.phase1 import Phase1Paths
+from probe.vhack import random_directions, save_vhack
 
 N_NULL = 12
 
@@ -26,12 +27,29 @@ def replay_row(i: int, gt_pass: bool, rng: np.random.Generator, hack: bool = Tru
             "cos_null": [float(x) for x in rng.normal(0, 0.1, N_NULL)]}
 
 
+def write_directions(paths: Phase1Paths, shuffled_cos: float = 0.0, modules: int = 4,
+                     rank: int = 32) -> None:
+    """v_hack and both controls; the shuffled one at cosine `shuffled_cos` with v_hack per module."""
+    V = random_directions({f"m{i}": rank for i in range(modules)}, seed=0)
+    R = random_directions({f"m{i}": rank for i in range(modules)}, seed=1)
+    S = {}
+    for n, v in V.items():
+        o = R[n] - (R[n] @ v.T) @ v
+        S[n] = shuffled_cos * v + (1 - shuffled_cos ** 2) ** 0.5 * o / o.norm()
+    for kind, D in (("nll", V), ("random", R), ("shuffled", S)):
+        save_vhack(paths.vhack_file(kind), D, {"kind": kind})
+
+
 def make_run(root: Path, n_pure: int, n_combined: int, seed: int = 0,
-             behaviour: dict[str, dict[str, Any]] | None = None) -> Phase1Paths:
+             behaviour: dict[str, dict[str, Any]] | None = None, shuffled_cos: float = 0.0
+             ) -> Phase1Paths:
     """Vanilla and projected arms with `n_pure` pure-hack and `n_combined` hack+correct rows (plus
-    two non-hack rows that R4 must ignore); `behaviour` = {arm or 'start': rates} when given."""
+    two non-hack rows that R4 must ignore); `behaviour` = {arm or 'start': rates} when given;
+    direction files whose shuffled control has cosine `shuffled_cos` with v_hack."""
     rng = np.random.default_rng(seed)
     paths = Phase1Paths(Path(root), 41)
+    paths.vhack.mkdir(parents=True, exist_ok=True)
+    write_directions(paths, shuffled_cos)
     rows = ([replay_row(i, False, rng) for i in range(n_pure)]
             + [replay_row(n_pure + i, True, rng) for i in range(n_combined)]
             + [replay_row(n_pure + n_combined + i, False, rng, hack=False) for i in range(2)])

@@ -33,3 +33,14 @@ def test_report_lists_verdicts_of_a_failed_r4(tmp_path) -> None:
         "threshold": "t > 2"}]))
     text = write_report(paths, out).read_text()
     assert "| R4 | v_hack: pure > hack+correct | FAIL | too few hack-attempt rows" in text
+
+
+def test_report_shows_control_alignment_and_detectable_differences(tmp_path) -> None:
+    rates = {"n": 8, "hack_rate": 0.875, "correct_rate": 0.0}
+    beh = {k: rates for k in ("start", "vanilla", "projected_random", "projected_shuffled")}
+    paths = make_run(tmp_path / "run", 6, 6, shuffled_cos=-0.79,
+                     behaviour={**beh, "projected": {**rates, "hack_rate": 0.75}})
+    text = write_report(paths, tmp_path / "out").read_text()
+    controls = text.split("## Controls", 1)[1].split("\n## ", 1)[0]
+    assert "| shuffled | -0.7900" in controls and controls.count("| NO |") == 1
+    assert '"mdd_vanilla_vs_projected": 0.573' in text

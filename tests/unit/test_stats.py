@@ -130,3 +130,32 @@ def test_random_direction_null_with_an_empty_bucket_is_n0_not_an_index_error() -
     assert out["n"] == 0 and np.isnan(out["abs_t_q95"]) and out["n_combined"] == 0
     out = random_direction_null([], _rows(rng.normal(0, 1, (6, 4))), t_vhack=2.0)
     assert out["n"] == 0 and out["n_pure"] == 0
+
+
+def test_two_proportion_sample_size_matches_the_textbook_value() -> None:
+    """60% vs 40%, two-sided α = 0.05, power 0.8: 97 per group (Fleiss, without continuity
+    correction; the value online calculators such as ClinCalc give)."""
+    from probe.stats import n_per_group, two_proportion_power
+
+    assert n_per_group(0.6, 0.4, alpha=0.05, power=0.8, alternative="two-sided") == 97
+    assert two_proportion_power(0.6, 0.4, 97, alternative="two-sided") == pytest.approx(0.80, abs=0.005)
+    assert n_per_group(0.6, 0.4) == 77  # one-sided, as the behaviour checks test
+
+
+def test_power_agrees_with_simulation_and_mdd_inverts_it() -> None:
+    """Monte-Carlo power of the one-sided z-test at n = 77 per arm, 0.6 vs 0.4; and the
+    minimum detectable drop is where the formula's power is 0.8."""
+    from probe.stats import min_detectable_decrease, two_proportion_power
+
+    rng = np.random.default_rng(0)
+    n, reps = 77, 20000
+    x1, x2 = rng.binomial(n, 0.6, reps) / n, rng.binomial(n, 0.4, reps) / n
+    pbar = (x1 + x2) / 2
+    z = (x1 - x2) / np.sqrt(pbar * (1 - pbar) * 2 / n)
+    assert (z > sps.norm.ppf(0.95)).mean() == pytest.approx(two_proportion_power(0.6, 0.4, n), abs=0.02)
+    d = min_detectable_decrease(0.875, 8)
+    assert d == pytest.approx(0.573, abs=0.002)
+    assert two_proportion_power(0.875, 0.875 - d, 8) == pytest.approx(0.8, abs=1e-4)
+    assert min_detectable_decrease(0.5, 128) < 0.2 < min_detectable_decrease(0.5, 32)
+    assert np.isnan(min_detectable_decrease(0.05, 8))  # not even a drop to 0 is detectable
+    assert np.isnan(min_detectable_decrease(float("nan"), 8))
