@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from probe.artifacts import ArtifactError, read_manifest  # noqa: E402
-from probe.checks import (behaviour, behaviour_stats, control_stats, r1_stats, r2_stats, r3_stats,  # noqa: E402
-                          r4_stats, replay_rows)
+from probe.checks import (behaviour, behaviour_stats, control_stats, r1_stats,  # noqa: E402
+                          r2_stats, r3_stats, r4_stats, replay_rows)
 from probe.stages.phase1 import Phase1Paths  # noqa: E402
 
 log = logging.getLogger(__name__)
