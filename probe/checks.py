@@ -17,7 +17,8 @@ from scipy.stats import fisher_exact
 from probe.artifacts import ArtifactError, read_manifest, read_rows, read_stage
 from probe.stages.phase1 import Phase1Paths
 from probe.stages.replay import ARMS
-from probe.stats import caliper_match, correlation, length_residualised, welch_greater
+from probe.stats import (caliper_match, correlation, length_residualised, min_detectable_decrease,
+                         welch_greater)
 
 
 def _rate(rows: list[dict[str, Any]], key: str) -> float:
@@ -146,17 +147,27 @@ def random_direction_null(pure: list[dict[str, Any]], combo: list[dict[str, Any]
                           ) -> dict[str, Any]:
     """Is v_hack special? The same Welch t for each of n Haar-random directions (stored per row
     as `cos_null`): when the buckets' gradients differ in any generic way, random directions get a
-    large |t| too. Empirical p = (1 + #{|t_null| >= t_v_hack}) / (n + 1)."""
-    if not pure or "cos_null" not in pure[0]:
-        return {"n": 0, "p_empirical": float("nan"), "abs_t_q95": float("nan")}
+    large |t| too. Empirical p = (1 + #{|t_null| >= t_v_hack}) / (n + 1). A bucket with too few
+    rows (or rows without `cos_null`) gives n = 0 and NaN statistics, never an exception: the
+    verdict must report the counts, not crash."""
+    nan = float("nan")
+    empty = {"n": 0, "p_empirical": nan, "abs_t_q95": nan, "abs_t_median": nan,
+             "n_pure": len(pure), "n_combined": len(combo)}
+    if not pure or not combo or not all("cos_null" in r for r in (*pure, *combo)):
+        return empty
     a = np.array([r["cos_null"] for r in pure], dtype=float)
     b = np.array([r["cos_null"] for r in combo], dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        return empty
     ts = np.array([welch_greater(a[:, k], b[:, k]).t for k in range(a.shape[1])])
     ts = ts[np.isfinite(ts)]
+    if not len(ts):
+        return empty
     exceed = int((np.abs(ts) >= t_vhack).sum()) if math.isfinite(t_vhack) else len(ts)
-    return {"n": int(len(ts)), "abs_t_q95": float(np.quantile(np.abs(ts), 0.95)) if len(ts) else float("nan"),
-            "abs_t_median": float(np.median(np.abs(ts))) if len(ts) else float("nan"),
-            "p_empirical": (1 + exceed) / (len(ts) + 1)}
+    return {"n": int(len(ts)), "abs_t_q95": float(np.quantile(np.abs(ts), 0.95)),
+            "abs_t_median": float(np.median(np.abs(ts))),
+            "p_empirical": (1 + exceed) / (len(ts) + 1),
+            "n_pure": len(pure), "n_combined": len(combo)}
 
 
 def _problem_means(pure: list[dict[str, Any]], combo: list[dict[str, Any]]
@@ -183,8 +194,12 @@ def behaviour(paths: Phase1Paths) -> dict[str, Any]:
     return out
 
 
-def behaviour_stats(paths: Phase1Paths) -> dict[str, Any]:
-    """Did vanilla replay learn to hack, and did projection slow it? (one-sided Fisher exact test)"""
+def behaviour_stats(paths: Phase1Paths, alpha: float = 0.05, power: float = 0.8
+                    ) -> dict[str, Any]:
+    """Did vanilla replay learn to hack, and did projection slow it? (one-sided Fisher exact test)
+    Each comparison also carries the smallest hack-rate drop its sample sizes detect with `power`
+    at one-sided `alpha` from the reference arm's rate (`mdd_*`): a non-significant difference at
+    an n that cannot detect the effect of interest is no evidence of absence."""
     out: dict[str, Any] = dict(behaviour(paths))
     counts = {k: (round(v["hack_rate"] * v["n"]), v["n"]) for k, v in out.items() if v}
     out["vanilla_rise"] = out["vanilla"]["hack_rate"] - out["start"]["hack_rate"]
@@ -197,10 +212,45 @@ def behaviour_stats(paths: Phase1Paths) -> dict[str, Any]:
         (ha, na), (hb, nb) = counts[a], counts[b]
         return float(fisher_exact([[ha, na - ha], [hb, nb - hb]], alternative="greater").pvalue)
 
+    def mdd(a: str, b: str) -> float:
+        """Smallest drop from arm `a`'s hack rate that n_a vs n_b samples detect."""
+        if a not in counts or b not in counts:
+            return float("nan")
+        return min_detectable_decrease(out[a]["hack_rate"], counts[a][1], counts[b][1], alpha,
+                                       power)
+
+    out["power"], out["alpha"] = power, alpha
     out["fisher_p"] = fewer_hacks("vanilla", "projected")
+    out["mdd_vanilla_vs_projected"] = mdd("vanilla", "projected")
     for control in ("random", "shuffled"):
         out[f"specific_vs_{control}_p"] = fewer_hacks(f"projected_{control}", "projected")
+        out[f"mdd_{control}_vs_projected"] = mdd(f"projected_{control}", "projected")
     return out
+
+
+def control_stats(paths: Phase1Paths) -> dict[str, Any]:
+    """Each control V's alignment with v_hack, from the saved direction files (so runs made before
+    it was recorded are measured too): per module and overall cosine, thresholds, validity."""
+    from probe.vhack import VHackMismatchError, control_alignment, load_vhack
+
+    def load(kind: str) -> dict[str, Any]:
+        try:
+            return load_vhack(paths.vhack_file(kind))[0]
+        except VHackMismatchError as e:  # a missing or corrupt direction file
+            raise ArtifactError(str(e)) from e
+
+    V = load("nll")
+    return {kind: control_alignment(load(kind), V) for kind in ("random", "shuffled")}
+
+
+def invalid_control_note(alignment: dict[str, Any]) -> str:
+    """'' for a valid control, else why it is no control (its alignment with v_hack), as the
+    prefix of a verdict's statistic."""
+    if alignment["valid"]:
+        return ""
+    return (f"INVALID CONTROL: cos with v_hack mean {alignment['mean_cos']:+.3f} (max "
+            f"{alignment['mean_cos_max']:.3f}), per-module RMS {alignment['rms_overlap']:.3f} (max "
+            f"{alignment['rms_overlap_max']:.3f}; random V ≈ {alignment['random_null_rms']:.3f}); ")
 
 
 def load_paths(root: str | Path, seed: int | None = None) -> Phase1Paths:

@@ -13,17 +13,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from probe.artifacts import ArtifactError, read_manifest  # noqa: E402
-from probe.checks import behaviour, r1_stats, r2_stats, r3_stats, r4_stats, replay_rows  # noqa: E402
+from probe.checks import (behaviour, behaviour_stats, control_stats, r1_stats,  # noqa: E402
+                          r2_stats, r3_stats, r4_stats, replay_rows)
 from probe.stages.phase1 import Phase1Paths  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def _safe(fn: Callable[[], Any]) -> Any:
+    """A statistic that cannot be computed is shown as its error in the report, which is still
+    written: one missing or degenerate artifact must not cost the reader every other number."""
     try:
         return fn()
-    except (ArtifactError, KeyError, FileNotFoundError, ZeroDivisionError) as e:
-        return {"error": str(e)}
+    except (ArtifactError, KeyError, FileNotFoundError, ZeroDivisionError, ValueError,
+            IndexError, TypeError) as e:
+        log.warning("report: %s", e)
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def _fmt(x: Any) -> str:
@@ -108,7 +113,10 @@ def write_report(paths: Phase1Paths, out_dir: str | Path = "out") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stats = {"R1": _safe(lambda: r1_stats(paths)), "R2": _safe(lambda: r2_stats(paths)),
              "R3": _safe(lambda: r3_stats(paths)), "R4": _safe(lambda: r4_stats(paths))}
-    beh = _safe(lambda: behaviour(paths))
+    beh = _safe(lambda: behaviour_stats(paths))
+    if "error" in beh:  # e.g. an arm without a student evaluation: the rates alone
+        beh = _safe(lambda: behaviour(paths))
+    controls = _safe(lambda: control_stats(paths))
     verdicts_path = out / "verdicts.json"
     verdicts = json.loads(verdicts_path.read_text()) if verdicts_path.exists() else []
     lines = ["# probe report: Phase 1", "", f"Run: `{paths.root}`", ""]
@@ -126,7 +134,25 @@ def write_report(paths: Phase1Paths, out_dir: str | Path = "out") -> Path:
         lines += [f"- {k}: {_fmt(v) if not isinstance(v, (dict, list)) else json.dumps(v, default=str)[:400]}"
                   for k, v in st.items()]
         lines.append("")
-    lines += ["## Student behaviour", "", "```", json.dumps(beh, indent=1, default=str), "```", ""]
+    lines += ["## Controls: alignment with v_hack", "",
+              "A control V far from orthogonal to v_hack is no control (its verdicts are flagged "
+              "INVALID CONTROL). Threshold: |mean cos| > 4 SD of a Haar-random V's, or per-module "
+              "RMS overlap > 3 x the random level sqrt(k/r).", ""]
+    if "error" in controls:
+        lines += [f"- error: {controls['error']}", ""]
+    else:
+        lines += ["| control | mean cos | max \\|cos\\| | RMS overlap | random V RMS | valid |",
+                  "|---|---|---|---|---|---|"]
+        for kind, a in controls.items():
+            lines.append(f"| {kind} | {a['mean_cos']:+.4f} (max {a['mean_cos_max']:.4f}) | "
+                         f"{a['max_abs_cos']:.4f} | {a['rms_overlap']:.4f} (max "
+                         f"{a['rms_overlap_max']:.4f}) | {a['random_null_rms']:.4f} | "
+                         f"{'yes' if a['valid'] else 'NO'} |")
+        lines.append("")
+    lines += ["## Student behaviour", "",
+              "`mdd_*`: the smallest hack-rate drop from the first arm that the two arms' n detect "
+              "(power 0.8, one-sided alpha 0.05, normal approximation).", "",
+              "```", json.dumps(beh, indent=1, default=str), "```", ""]
     figs: list[str] = []
     for fn in (lambda: plot_cosines(paths, out), lambda: plot_behaviour(beh, out)):
         try:

@@ -92,3 +92,58 @@ def caliper_match(a_len: Sequence[float], b_len: Sequence[float], caliper: float
             pairs.append((int(i), best))
             free.discard(best)
     return pairs
+
+
+# -- power of a two-proportion comparison (R3's behaviour checks) --------------------------------
+
+def _z(alpha: float, alternative: str) -> float:
+    if alternative not in ("one-sided", "two-sided"):
+        raise ValueError(f"alternative must be 'one-sided' or 'two-sided', not {alternative!r}")
+    return float(stats.norm.ppf(1 - (alpha if alternative == "one-sided" else alpha / 2)))
+
+
+def two_proportion_power(p1: float, p2: float, n1: int, n2: int | None = None, alpha: float = 0.05,
+                         alternative: str = "one-sided") -> float:
+    """Power of the normal-approximation test of p1 vs p2 (pooled variance under H0, unpooled
+    under H1, no continuity correction). Fisher's exact test, which the verdicts use, is a little
+    more conservative, so this is a slightly optimistic power."""
+    n2 = n1 if n2 is None else n2
+    if n1 <= 0 or n2 <= 0 or not (0 <= p1 <= 1 and 0 <= p2 <= 1):
+        return float("nan")
+    pbar = (n1 * p1 + n2 * p2) / (n1 + n2)
+    se0 = math.sqrt(pbar * (1 - pbar) * (1 / n1 + 1 / n2))
+    se1 = math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
+    diff = abs(p1 - p2)
+    if se1 == 0:
+        return 1.0 if diff > _z(alpha, alternative) * se0 else 0.0
+    return float(stats.norm.cdf((diff - _z(alpha, alternative) * se0) / se1))
+
+
+def n_per_group(p1: float, p2: float, alpha: float = 0.05, power: float = 0.8,
+                alternative: str = "one-sided") -> int:
+    """Samples per arm for `power` to detect p1 vs p2 (the closed form behind
+    `two_proportion_power`: n = ((z_a·√(2p̄q̄) + z_b·√(p1q1 + p2q2)) / |p1 − p2|)²)."""
+    if p1 == p2:
+        raise ValueError("no sample size detects a zero difference")
+    pbar = (p1 + p2) / 2
+    za, zb = _z(alpha, alternative), float(stats.norm.ppf(power))
+    root = za * math.sqrt(2 * pbar * (1 - pbar)) + zb * math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
+    return math.ceil((root / abs(p1 - p2)) ** 2)
+
+
+def min_detectable_decrease(p_ref: float, n_ref: int, n_other: int | None = None,
+                            alpha: float = 0.05, power: float = 0.8,
+                            alternative: str = "one-sided") -> float:
+    """The smallest drop δ from rate `p_ref` (to p_ref − δ) that n_ref vs n_other samples detect
+    with `power`; NaN when even a drop to 0 is not detectable (or p_ref is unknown)."""
+    from scipy.optimize import brentq
+
+    if not (isinstance(p_ref, (int, float)) and math.isfinite(p_ref)) or p_ref <= 0:
+        return float("nan")
+
+    def gap(d: float) -> float:
+        return two_proportion_power(p_ref, p_ref - d, n_ref, n_other, alpha, alternative) - power
+
+    if gap(p_ref) < 0:
+        return float("nan")
+    return float(brentq(gap, 1e-9, p_ref, xtol=1e-6))

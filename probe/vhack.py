@@ -4,14 +4,20 @@ From contrastive pairs (same prompt, a hacking and a clean completion), each pai
 difference of per-completion mean-NLL gradients d_i = ∇L(hack_i) − ∇L(clean_i) per module. The
 k=1 direction is the normalised mean difference; top-k takes the right singular vectors of the
 stacked differences, each oriented hack-ward by majority vote. Controls from the same code: a Haar
-random V of the same shapes, and a shuffled-label V (each pair's hack/clean labels swapped by a
-coin flip before the same extraction). Gradients are loss gradients: a training gradient with a
-positive component along v_hack pushes, under descent, toward the hacking completions.
+random V of the same shapes, and a shuffled-label V (half the pairs' hack/clean labels swapped,
+balanced, before the same extraction, then orthogonalised against v_hack per module; see
+`shuffled_directions`). Gradients are loss gradients: a training gradient with a positive component
+along v_hack pushes, under descent, toward the hacking completions.
+
+A control is only a control if it is about as unrelated to v_hack as a random direction:
+`control_alignment` measures each control's cosine with v_hack per module and overall, and calls
+it invalid beyond thresholds set by the Haar-random null (√(k/r) per module).
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,6 +49,9 @@ class VHackConfig:
     noise_floor: float = 0.0  # top-k: drop axes whose singular value < floor × the module's largest
     batch_size: int = 16  # pairs per batched backward
     seed: int = 0  # controls (random V, shuffled labels)
+    # the shuffled control: "orthogonal" = balanced label flips, then Gram-Schmidt against v_hack
+    # per module; "balanced" = the flips alone (with few pairs it can align strongly with v_hack)
+    shuffled: str = "orthogonal"
 
 
 def pair_grad_diffs(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], batch_size: int = 16,
@@ -120,24 +129,99 @@ def random_directions(ranks: dict[str, int], k: int = 1, seed: int = 0) -> dict[
     return out
 
 
+def orthogonalise(C: dict[str, torch.Tensor], V: dict[str, torch.Tensor], seed: int = 0,
+                  rel_tol: float = 1e-6) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Per module, C's rows with their component in span(V's rows) removed, re-orthonormalised.
+    Where nothing is left (C inside span(V), e.g. one pair, or k > 1 where label flips leave the
+    SVD subspace unchanged), a Haar-random direction orthogonal to V stands in; those modules are
+    returned too, to be reported."""
+    g = torch.Generator().manual_seed(seed)
+    out, fallback = {}, []
+    for name, c in C.items():
+        v = V[name].double()
+        c = c.double()
+        resid = c - (c @ v.T) @ v
+        if resid.norm(dim=-1).min() <= rel_tol * max(c.norm(dim=-1).max().item(), 1e-30):
+            fallback.append(name)
+            x = torch.randn(c.shape, generator=g, dtype=torch.float64)
+            resid = x - (x @ v.T) @ v
+        q, rr = torch.linalg.qr(resid.T)  # orthonormal columns spanning the residual, signs kept
+        q = (q * torch.where(torch.diagonal(rr) < 0, -1.0, 1.0)[None, :]).T
+        q = q - (q @ v.T) @ v  # a second pass: orthogonal to v_hack to double rounding
+        out[name] = (q / q.norm(dim=-1, keepdim=True)).contiguous().float()
+    if fallback:
+        log.warning("shuffled control: %d of %d modules had no component outside v_hack; "
+                    "a random direction orthogonal to v_hack stands in there", len(fallback), len(C))
+    return out, fallback
+
+
+def shuffled_directions(diffs: dict[str, torch.Tensor], V: dict[str, torch.Tensor], config: VHackConfig
+                        ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The shuffled-label control. Balanced flips (Σ signs = 0) cancel the mean hack signal, but
+    with few pairs the flipped mean is a combination of the same P difference vectors as v_hack
+    itself, so its cosine with v_hack is O(1/√P), not the O(1/√r) of a random direction, and a
+    component shared by all pairs (e.g. length) can align it strongly either way (−0.79 measured on
+    16 pairs). Removing its v_hack component (Gram-Schmidt) leaves a direction that is still built
+    from the pairs' gradients but carries nothing of v_hack: exactly the neutral control R3 needs."""
+    signs = balanced_signs(next(iter(diffs.values())).shape[0], config.seed)
+    C = directions_from_diffs(diffs, config.k, config.noise_floor, signs=signs)
+    if config.shuffled == "balanced":
+        return C, []
+    if config.shuffled != "orthogonal":
+        raise ValueError(f"VHackConfig.shuffled must be 'orthogonal' or 'balanced', "
+                         f"not {config.shuffled!r}")
+    return orthogonalise(C, V, config.seed)
+
+
+# A control is invalid when its alignment with v_hack is one a Haar-random V would show rarely:
+MEAN_Z_MAX = 4.0  # |mean over modules of cos| > 4 null SDs (√(Σ_m 1/r_m)/M): P ≈ 6e-5 for random V
+RMS_RATIO_MAX = 3.0  # per-module RMS overlap > 3 × √(mean_m k/r_m), the random-V level (facts §5)
+
+
+def control_alignment(C: dict[str, torch.Tensor], V: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """How far control `C` is from v_hack `V`: per module the signed cosine of the principal rows
+    and the subspace overlap ‖C Vᵀ‖_F/√k (= |cos| for k = 1; ≈ √(k/r) for a random C); overall the
+    mean signed cosine (for k = 1 the cosine of the concatenated unit vectors) and the RMS
+    overlap, each with the threshold above which the control is called invalid."""
+    cos, overlap, null_var, k_over_r = {}, {}, [], []
+    for name, v in V.items():
+        c = C[name].double()
+        v = v.double()
+        k, r = v.shape
+        cos[name] = float(c[0] @ v[0])
+        overlap[name] = float((c @ v.T).norm() / math.sqrt(k))
+        null_var.append(1.0 / r)
+        k_over_r.append(k / r)
+    m = len(V)
+    mean = sum(cos.values()) / m
+    rms = math.sqrt(sum(o * o for o in overlap.values()) / m)
+    mean_max = MEAN_Z_MAX * math.sqrt(sum(null_var)) / m
+    rms_max = RMS_RATIO_MAX * math.sqrt(sum(k_over_r) / m)
+    return {"mean_cos": mean, "rms_overlap": rms, "max_abs_cos": max(abs(c) for c in cos.values()),
+            "mean_cos_max": mean_max, "rms_overlap_max": rms_max,
+            "random_null_rms": math.sqrt(sum(k_over_r) / m),
+            "valid": abs(mean) <= mean_max and rms <= rms_max,
+            "per_module_cos": cos}
+
+
 def extract_all(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], config: VHackConfig
                 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """v_hack and both controls from one pass over the pairs; plus extraction statistics."""
+    """v_hack and both controls from one pass over the pairs; plus extraction statistics (each
+    control's alignment with v_hack among them)."""
     diffs = pair_grad_diffs(adapter, tokenizer, pairs, config.batch_size)
-    signs = balanced_signs(len(pairs), config.seed)
     ranks = {n: d.shape[1] for n, d in diffs.items()}
-    vs = {"nll": directions_from_diffs(diffs, config.k, config.noise_floor),
-          "shuffled": directions_from_diffs(diffs, config.k, config.noise_floor, signs=signs),
-          "random": random_directions(ranks, config.k, config.seed)}
+    nll = directions_from_diffs(diffs, config.k, config.noise_floor)
+    shuffled, fallback = shuffled_directions(diffs, nll, config)
+    vs = {"nll": nll, "shuffled": shuffled, "random": random_directions(ranks, config.k, config.seed)}
     # how consistently pairs agree with the extracted direction (1.0 = every pair hack-ward)
     agree = torch.stack([(diffs[n].double() @ vs["nll"][n][0].double() > 0).double().mean()
                          for n in diffs]).mean().item()
-    # the shuffled control must not be a noisy copy of v_hack: report how close it came
-    shuffled_cos = torch.stack([(vs["shuffled"][n][0].double() @ vs["nll"][n][0].double())
-                                for n in diffs]).mean().item()
+    controls = {kind: control_alignment(vs[kind], nll) for kind in ("random", "shuffled")}
+    controls["shuffled"]["construction"] = config.shuffled
+    controls["shuffled"]["fallback_modules"] = fallback
     stats = {"n_pairs": len(pairs), "n_modules": len(diffs), "pair_agreement": agree,
-             "mean_cos_shuffled_vs_nll": shuffled_cos,
-             "hack_styles": sorted({p.hack_style for p in pairs})}
+             "mean_cos_shuffled_vs_nll": controls["shuffled"]["mean_cos"],
+             "controls": controls, "hack_styles": sorted({p.hack_style for p in pairs})}
     return vs, stats
 
 

@@ -38,17 +38,61 @@ class AntipastoConfig:
 
     targets: tuple[str, ...] = DEFAULT_TARGETS  # last component of the module's dotted name
     rank: int | None = None  # None = full rank min(d_in, d_out); else keep the top-`rank` singular axes
+    reuse_svd: bool = True  # share U, Vh through SVD_CACHE with earlier adapters on the same weights
+
+
+def _fingerprint(t: torch.Tensor) -> tuple[float, ...]:
+    """A content check of a tensor in one O(n) pass (sum, sum of squares, position-weighted sum):
+    a different weight, or factors changed in place since they were cached, do not match."""
+    x = t.detach().flatten().double()
+    pos = torch.arange(1, x.numel() + 1, dtype=torch.float64, device=x.device) / x.numel()
+    return (float(x.sum()), float((x * x).sum()), float((x * pos).sum()))
+
+
+class SVDCache:
+    """U, Vh of each weight computed once per process and shared by every adapter on the same
+    weights (each replay arm reloads the base: the SVD of a 4B model is minutes on CPU). Keyed by
+    shape, dtype, device, rank and a content fingerprint of the weight, so a different model never
+    gets another's factors; a hit re-checks the cached factors too (they are the adapter's buffers,
+    and code may flip their signs in place). The cached tensors are the adapters' buffers (no
+    copy), so sharing costs no memory while an adapter is alive; `clear()` frees them."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple, tuple[torch.Tensor, torch.Tensor, tuple, tuple]] = {}
+        self.hits = self.misses = 0
+
+    def factors(self, weight: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tuple(weight.shape), weight.dtype, str(weight.device), rank, _fingerprint(weight))
+        hit = self._entries.get(key)
+        if hit is not None and _fingerprint(hit[0]) == hit[2] and _fingerprint(hit[1]) == hit[3]:
+            self.hits += 1
+            return hit[0], hit[1]
+        self.misses += 1
+        u, _, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
+        r = u.shape[1] if rank is None else min(rank, u.shape[1])
+        U, Vh = u[:, :r].to(weight.dtype).contiguous(), vh[:r].to(weight.dtype).contiguous()
+        self._entries[key] = (U, Vh, _fingerprint(U), _fingerprint(Vh))
+        return U, Vh
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+SVD_CACHE = SVDCache()  # the process's cache: every arm of a run reuses the first SVD
 
 
 class _SVDBranch(nn.Module):
     """Frozen U, Vh of one Linear and its trainable δS."""
 
-    def __init__(self, weight: torch.Tensor, rank: int | None) -> None:
+    def __init__(self, weight: torch.Tensor, rank: int | None, cache: SVDCache | None = None
+                 ) -> None:
         super().__init__()
-        u, _, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
-        r = u.shape[1] if rank is None else min(rank, u.shape[1])
-        self.register_buffer("U", u[:, :r].to(weight.dtype).contiguous())
-        self.register_buffer("Vh", vh[:r].to(weight.dtype).contiguous())
+        if cache is None:
+            cache = SVDCache()  # a private one: computed here, not kept
+        U, Vh = cache.factors(weight, rank)
+        r = U.shape[1]
+        self.register_buffer("U", U)
+        self.register_buffer("Vh", Vh)
         # δS and its optimizer state stay float32 whatever the model dtype: small updates to a bf16
         # δS would round away. U and Vh follow the weight's dtype (their size is ~2× the model's).
         self.delta_s = nn.Parameter(torch.zeros(r, dtype=torch.float32, device=weight.device))
@@ -79,12 +123,14 @@ class AntipastoAdapter(Adapter):
             p.requires_grad_(False)
         for name, mod in model.named_modules():
             if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in self.config.targets:
-                branch = _SVDBranch(mod.weight, self.config.rank)
+                branch = _SVDBranch(mod.weight, self.config.rank,
+                                    SVD_CACHE if self.config.reuse_svd else None)
                 self.branches[name] = branch
                 self._handles.append(mod.register_forward_hook(self._hook(branch)))
         if not self.branches:
             raise ValueError(f"no Linear modules named {self.config.targets} in the model")
-        log.info("δS adapter: %d modules, Σr = %d", len(self.branches), self.total_rank)
+        log.info("δS adapter: %d modules, Σr = %d (SVD cache: %d hits, %d misses so far)",
+                 len(self.branches), self.total_rank, SVD_CACHE.hits, SVD_CACHE.misses)
 
     @staticmethod
     def _hook(branch: _SVDBranch):

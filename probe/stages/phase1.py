@@ -61,6 +61,15 @@ class Phase1Paths:
     def student_start(self) -> Path:
         return self.root / "student_start.json"
 
+    @property
+    def student_start_rows(self) -> Path:
+        """The start's graded evaluation completions (pool row format)."""
+        return self.root / "student_start_rows.jsonl.gz"
+
+    def student_eval_rows(self, arm: str) -> Path:
+        """An arm's graded end-of-replay evaluation completions (pool row format)."""
+        return self.arm(arm) / "student_eval.jsonl.gz"
+
 
 def world_identity(world: World) -> dict[str, Any]:
     return world.identity()
@@ -174,7 +183,8 @@ def ensure_student_start(world: World, cfg: Phase1Config, paths: Phase1Paths, de
         return read_manifest(paths.root, name=paths.student_start.name)
     except ArtifactError:
         pass
-    res = evaluate_policy(world.load_base(device), world, cfg.student_eval, cfg.grader)
+    res = evaluate_policy(world.load_base(device), world, cfg.student_eval, cfg.grader,
+                          rows_path=paths.student_start_rows)
     res = provenance(cfg.student_eval, seed=cfg.student_eval.seed, **res)
     write_manifest(paths.root, res, name=paths.student_start.name)
     return res
@@ -196,7 +206,8 @@ def ensure_arm(world: World, cfg: Phase1Config, paths: Phase1Paths, arm: str, de
         ensure_student_start(world, cfg, paths, device)
 
     def student_eval(model: torch.nn.Module) -> dict[str, Any]:
-        return evaluate_policy(model, world, cfg.student_eval, cfg.grader)
+        return evaluate_policy(model, world, cfg.student_eval, cfg.grader,
+                               rows_path=paths.student_eval_rows(arm))
 
     return run_replay(world, paths.pool, V, cfg.pool.steps, cfg.replay, paths.arm(arm), arm, device,
                       student_eval=student_eval)

@@ -150,3 +150,43 @@ def test_load_wrong_base_and_corrupt_file(tiny_model, tmp_path):
     bad.write_bytes(path.read_bytes()[:50])
     with pytest.raises(AdapterStateError, match="not a readable"):
         adapter.load(bad)
+
+
+def test_svd_is_computed_once_per_weights_and_reused_bit_identically(monkeypatch):
+    """Each replay arm reloads the base and wraps it: the SVD must be reused, with the same bits
+    a fresh computation gives, and never for different weights."""
+    from probe.adapters import antipasto
+
+    cache = antipasto.SVDCache()
+    monkeypatch.setattr(antipasto, "SVD_CACHE", cache)
+    calls = []
+    real_svd = torch.linalg.svd
+    monkeypatch.setattr(torch.linalg, "svd", lambda *a, **k: calls.append(1) or real_svd(*a, **k))
+    first = AntipastoAdapter(make_tiny_qwen3(seed=0))
+    n = len(first.branches)
+    assert len(calls) == n and cache.misses == n
+    again = AntipastoAdapter(make_tiny_qwen3(seed=0))  # a reloaded model: same weights
+    assert len(calls) == n and cache.hits == n
+    fresh = AntipastoAdapter(make_tiny_qwen3(seed=0), AntipastoConfig(reuse_svd=False))
+    assert len(calls) == 2 * n
+    for name, b in again.branches.items():
+        assert torch.equal(b.U, fresh.branches[name].U) and torch.equal(b.Vh, fresh.branches[name].Vh)
+    AntipastoAdapter(make_tiny_qwen3(seed=1))  # other weights: computed, not looked up
+    assert len(calls) == 3 * n
+    AntipastoAdapter(make_tiny_qwen3(seed=0), AntipastoConfig(rank=3))  # another rank too
+    assert len(calls) == 4 * n
+
+
+def test_svd_cache_recomputes_factors_changed_in_place(monkeypatch):
+    from probe.adapters import antipasto
+
+    cache = antipasto.SVDCache()
+    monkeypatch.setattr(antipasto, "SVD_CACHE", cache)
+    first = AntipastoAdapter(make_tiny_qwen3(seed=0))
+    name = "model.layers.0.mlp.up_proj"
+    with torch.no_grad():
+        first.branches[name].U.mul_(-1)  # as the sign-invariance test does
+    second = AntipastoAdapter(make_tiny_qwen3(seed=0))
+    assert cache.hits == len(first.branches) - 1
+    fresh = AntipastoAdapter(make_tiny_qwen3(seed=0), AntipastoConfig(reuse_svd=False))
+    assert torch.equal(second.branches[name].U, fresh.branches[name].U)

@@ -80,3 +80,85 @@ def test_balanced_signs_and_random_unit_directions():
     d = random_unit_directions({"m": 5}, n=50, seed=0)["m"]
     assert d.shape == (50, 5)
     torch.testing.assert_close(d.norm(dim=-1), torch.ones(50))
+
+
+def shared_noise_diffs(p: int, r: int = 64, modules: int = 6, seed: int = 0
+                       ) -> dict[str, torch.Tensor]:
+    """Pair differences = a hack direction + a large component every pair shares with a random
+    weight (a length direction, say) + small noise: the case where balanced flips alone fail."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for m in range(modules):
+        mu, w = torch.randn(r, generator=g), torch.randn(r, generator=g)
+        mu, w = mu / mu.norm(), w / w.norm()
+        a = 3.0 * torch.randn(p, 1, generator=g)
+        out[f"m{m}"] = mu + a * w + 0.05 * torch.randn(p, r, generator=g)
+    return out
+
+
+@pytest.mark.parametrize("p", [4, 5, 8, 16])
+def test_shuffled_control_is_orthogonal_to_v_hack_on_few_pairs(p: int) -> None:
+    from probe.vhack import VHackConfig, control_alignment, shuffled_directions
+
+    diffs = shared_noise_diffs(p)
+    V = directions_from_diffs(diffs)
+    C, fallback = shuffled_directions(diffs, V, VHackConfig(seed=1))
+    assert not fallback
+    al = control_alignment(C, V)
+    assert al["max_abs_cos"] < 1e-5 and al["valid"]
+    for n, c in C.items():
+        assert c.norm().item() == pytest.approx(1.0, abs=1e-5)
+        # still built from the pairs' gradients: inside the span of the differences
+        q, _ = torch.linalg.qr(diffs[n].double().T)
+        resid = c[0].double() - q @ (q.T @ c[0].double())
+        assert resid.norm().item() < 1e-5
+
+
+def test_balanced_flips_alone_can_align_with_v_hack_and_are_flagged() -> None:
+    """What the orthogonalisation fixes (16 pairs gave cos −0.79 on a real model)."""
+    from probe.vhack import VHackConfig, control_alignment, shuffled_directions
+
+    flagged = 0
+    for seed in range(6):
+        diffs = shared_noise_diffs(16, seed=seed)
+        V = directions_from_diffs(diffs)
+        C, _ = shuffled_directions(diffs, V, VHackConfig(seed=seed, shuffled="balanced"))
+        al = control_alignment(C, V)
+        assert al["rms_overlap"] > 0.2  # far above the random level √(1/64) = 0.125
+        flagged += not al["valid"]
+    assert flagged >= 5
+
+
+def test_one_pair_falls_back_to_a_random_orthogonal_direction() -> None:
+    """With one pair the flipped mean *is* v_hack: nothing is left after orthogonalising."""
+    from probe.vhack import VHackConfig, control_alignment, shuffled_directions
+
+    diffs = shared_noise_diffs(1, modules=2)
+    V = directions_from_diffs(diffs)
+    C, fallback = shuffled_directions(diffs, V, VHackConfig())
+    assert sorted(fallback) == ["m0", "m1"]
+    assert control_alignment(C, V)["max_abs_cos"] < 1e-5
+
+
+def test_control_alignment_calls_random_valid_and_aligned_invalid() -> None:
+    from probe.vhack import control_alignment
+
+    ranks = {f"m{i}": 64 for i in range(20)}
+    V = random_directions(ranks, seed=0)
+    valid = [control_alignment(random_directions(ranks, seed=s), V)["valid"] for s in range(1, 41)]
+    assert all(valid)  # a Haar-random V is a valid control (P(invalid) ~ 1e-4 per draw)
+    al = control_alignment(random_directions(ranks, seed=1), V)
+    assert al["random_null_rms"] == pytest.approx(0.125)
+    assert 0.5 * 0.125 < al["rms_overlap"] < 2 * 0.125
+    # −0.79 in every module (the measured case), and ±0.6 alternating (mean ≈ 0, still invalid)
+    for target in (lambda i: -0.79, lambda i: 0.6 * (-1) ** i):
+        C = {}
+        for i, (n, v) in enumerate(V.items()):
+            o = random_directions({n: 64}, seed=100 + i)[n]
+            o = o - (o @ v.T) @ v
+            o = o / o.norm()
+            c = target(i)
+            C[n] = c * v + (1 - c * c) ** 0.5 * o
+        al = control_alignment(C, V)
+        assert not al["valid"]
+        assert al["per_module_cos"]["m0"] == pytest.approx(target(0), abs=1e-5)
