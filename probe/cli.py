@@ -106,7 +106,8 @@ def cmd_report(a: argparse.Namespace) -> int:
     if not run.exists():
         sys.stderr.write(f"no run at {run}: run `probe run` first\n")
         return 2
-    sys.stdout.write(f"{write_report(load_paths(run), a.out)}\n")
+    grpo = Path(a.out) / "probe_grpo" / "latest"
+    sys.stdout.write(f"{write_report(load_paths(run), a.out, grpo if grpo.exists() else None)}\n")
     return 0
 
 

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from probe.artifacts import ArtifactError, read_manifest  # noqa: E402
 from probe.checks import (behaviour, behaviour_stats, control_stats, r1_stats,  # noqa: E402
                           r2_stats, r3_stats, r4_stats, replay_rows)
+from probe.report_grpo import r5_section  # noqa: E402
 from probe.stages.phase1 import Phase1Paths  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,10 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def write_report(paths: Phase1Paths, out_dir: str | Path = "out") -> Path:
-    """Write `<out_dir>/report.md` (+ PNGs beside it) and return its path."""
+def write_report(paths: Phase1Paths, out_dir: str | Path = "out",
+                 grpo_run: Path | None = None) -> Path:
+    """Write `<out_dir>/report.md` (+ PNGs beside it) and return its path; with `grpo_run` (a
+    GRPO run directory), the R5 section too."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats = {"R1": _safe(lambda: r1_stats(paths)), "R2": _safe(lambda: r2_stats(paths)),
@@ -160,6 +163,8 @@ def write_report(paths: Phase1Paths, out_dir: str | Path = "out") -> Path:
         except (ArtifactError, KeyError, ValueError) as e:
             log.warning("plot skipped: %s", e)
     lines += [f"![{f}]({f})" for f in figs]
+    if grpo_run is not None and Path(grpo_run).exists():
+        lines += [""] + r5_section(Path(grpo_run), out)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
