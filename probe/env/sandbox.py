@@ -77,7 +77,11 @@ class SandboxConfig:
     """Limits per job and isolation switches (each falls back gracefully when the OS refuses)."""
 
     timeout_s: float = 3.0  # CPU seconds of the child (load-independent), see wall_factor
-    wall_factor: float = 2.0  # wall-clock limit = timeout_s * wall_factor (sleeps, blocked I/O)
+    # limit on the child's *active* time (wall clock minus time spent runnable but waiting for a
+    # core, from /proc/<pid>/schedstat): timeout_s * wall_factor bounds sleeps and blocked I/O
+    wall_factor: float = 2.0
+    # absolute wall-clock ceiling, timeout_s * ceiling_factor, whatever the load: nothing hangs
+    ceiling_factor: float = 20.0
     memory_mb: int = 1024
     max_output_bytes: int = 1_000_000
     max_procs: int = 16
@@ -97,6 +101,8 @@ class ExecResult:
     timed_out: bool = False
     overflow: bool = False
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # the child's user+system CPU time
+    active_s: float = 0.0  # wall_s minus the time the child waited for a core
     exit_status: int | None = None
     output_tail: str = ""
     sandbox_error: str | None = None
@@ -200,7 +206,9 @@ def _hide(paths: list[str], keep: list[str]) -> list[str]:
 def _isolate(cfg: SandboxConfig) -> dict[str, Any]:
     """Enter network/mount namespaces and hide directories; report what worked."""
     caps: dict[str, Any] = {"net": False, "fs": False, "uid": False, "hidden": [],
-                            "scratch_root": None, "root": os.geteuid() == 0}
+                            "scratch_root": None, "root": os.geteuid() == 0,
+                            # run-queue wait is known: time limits do not depend on machine load
+                            "load_independent_time": _runqueue_wait_seconds(os.getpid()) is not None}
     libc = _libc()
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     # before the mount namespace hides /var and /run: every zygote on the host must see the lock
@@ -301,6 +309,44 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _runqueue_wait_seconds(pid: int) -> float | None:
+    """Time `pid` spent runnable but waiting for a CPU (schedstat field 2); None if unreadable
+    (kernel without CONFIG_SCHED_INFO, or the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _Meter:
+    """What a child is charged for: CPU time, and wall time minus run-queue wait ("active" time:
+    running, sleeping or blocked). Neither grows while other processes keep the cores busy, so a
+    verdict does not depend on machine load; the absolute ceiling bounds everything else."""
+
+    def __init__(self, pid: int, t0: float, budget: float, cfg: SandboxConfig):
+        self.pid, self.t0, self.budget = pid, t0, budget
+        self.active_limit = budget * cfg.wall_factor
+        self.ceiling = budget * max(cfg.ceiling_factor, cfg.wall_factor)
+        self.wait = 0.0  # last readable value: frozen once the child is a zombie
+        self.cpu = 0.0
+
+    def poll(self) -> tuple[bool, float]:
+        """(limit exceeded, seconds until the active-time limit could next be reached)."""
+        wall = time.monotonic() - self.t0
+        wait = _runqueue_wait_seconds(self.pid)
+        if wait is not None:
+            self.wait = max(self.wait, wait)
+        self.cpu = max(self.cpu, _cpu_seconds(self.pid))
+        active = wall - self.wait
+        over = self.cpu > self.budget or active > self.active_limit or wall > self.ceiling
+        return over, max(0.0, min(self.active_limit - active, self.ceiling - wall))
+
+    @property
+    def active(self) -> float:
+        return time.monotonic() - self.t0 - self.wait
+
+
 def _reap() -> None:
     while True:
         try:
@@ -378,12 +424,11 @@ def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int]) -> dict
             os.close(fd)
         _child(job, cfg, scratch, w, uid)
     os.close(w)
-    budget = float(job.get("timeout_s", cfg.timeout_s))
-    deadline = t0 + budget * cfg.wall_factor
+    meter = _Meter(pid, t0, float(job.get("timeout_s", cfg.timeout_s)), cfg)
     buf, timed_out, overflow = bytearray(), False, False
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or _cpu_seconds(pid) > budget:
+        over, left = meter.poll()
+        if over:
             timed_out = True
             break
         ready, _, _ = select.select([r], [], [], min(left, 0.05))
@@ -396,7 +441,7 @@ def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int]) -> dict
         if len(buf) > CHANNEL_CAP:
             overflow = True
             break
-    wall = time.monotonic() - t0
+    wall, active = time.monotonic() - t0, meter.active
     os.close(r)
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -428,7 +473,7 @@ def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int]) -> dict
             rec = {"bad": True}
         records.append(rec if isinstance(rec, dict) else {"bad": True})
     return {"records": records, "timed_out": timed_out, "overflow": overflow, "wall_s": wall,
-            "exit_status": status, "output_tail": tail}
+            "cpu_s": meter.cpu, "active_s": active, "exit_status": status, "output_tail": tail}
 
 
 def _read_msg(fd: int) -> Any:
@@ -547,7 +592,8 @@ class Sandbox:
         try:
             assert self.proc is not None and self.proc.stdin is not None
             _write_msg(self.proc.stdin.fileno(), job)
-            res = self._recv(job["timeout_s"] * self.config.wall_factor + 15.0)
+            res = self._recv(job["timeout_s"] * max(self.config.ceiling_factor,
+                                                    self.config.wall_factor) + 15.0)
         except OSError:
             res = None
         if res is None:
