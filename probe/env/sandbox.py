@@ -40,6 +40,7 @@ descendants that escaped with setsid(). The zygote is a child subreaper and reap
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import CodeType
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -357,6 +359,17 @@ def _reap() -> None:
             return
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_setup(setup: str) -> CodeType | None:
+    """The trusted setup code compiled once per worker (children inherit it on fork); None when it
+    does not compile, so the child reports the error as before. Never executed in the zygote."""
+    from probe.env import runner
+    try:
+        return runner.compile_setup(setup)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return None
+
+
 def _child(job: dict, cfg: SandboxConfig, scratch: str, chan_w: int, uid: int | None) -> None:
     """In the forked child: confine, then run the job. Never returns."""
     import random
@@ -399,7 +412,7 @@ def _child(job: dict, cfg: SandboxConfig, scratch: str, chan_w: int, uid: int | 
         sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
         sys.stdin = open(0, "r", closefd=False)
         random.seed()
-        runner.run_job(job, chan)
+        runner.run_job(job, chan, _compiled_setup(job["setup"]))
         try:
             sys.stdout.flush()
         except BaseException:  # noqa: BLE001
@@ -415,6 +428,7 @@ def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int]) -> dict
     if uid is not None:
         os.chown(scratch, uid, uid)
     os.chmod(scratch, 0o700)
+    _compiled_setup(job["setup"])  # before the fork, so every child inherits the code object
     r, w = os.pipe()
     t0 = time.monotonic()
     pid = os.fork()
