@@ -1,0 +1,230 @@
+"""Isolation of a sandbox zygote: namespaces, hidden directories, the per-worker uid.
+
+Called once per zygote, before it serves jobs (see sandbox.py for the design). Each step falls
+back gracefully where the OS refuses, and `_isolate` reports what was granted (`capabilities`).
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SYSTEM_DIRS = frozenset({"usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "etc", "proc",
+                         "sys", "dev", "nix", "gnu"})
+ALSO_HIDE = ("/dev/shm",)
+_CLONE_NEWNS, _CLONE_NEWNET = 0x00020000, 0x40000000
+_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits per job and isolation switches (each falls back gracefully when the OS refuses)."""
+
+    timeout_s: float = 3.0  # CPU seconds of the child (load-independent), see wall_factor
+    # limit on the child's *active* time (wall clock minus time spent runnable but waiting for a
+    # core, from /proc/<pid>/schedstat): timeout_s * wall_factor bounds sleeps and blocked I/O
+    wall_factor: float = 2.0
+    # absolute wall-clock ceiling, timeout_s * ceiling_factor, whatever the load: nothing hangs
+    ceiling_factor: float = 20.0
+    memory_mb: int = 1024
+    max_output_bytes: int = 1_000_000
+    max_procs: int = 16
+    max_files: int = 256
+    isolate_uid: bool = True
+    isolate_fs: bool = True
+    isolate_net: bool = True
+    uid_base: int = 61000
+    hide_paths: tuple[str, ...] = ()
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None) -> None:
+    enc = (lambda s: s.encode() if s is not None else None)
+    if _libc().mount(enc(src), enc(dst), enc(fstype), flags, enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {dst}: {os.strerror(err)}")
+
+
+def _needed_paths() -> list[str]:
+    """Directories the child must still see: the Python installation and its packages."""
+    import site
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(
+        sys.executable))}
+    try:
+        paths.update(site.getsitepackages())
+    except AttributeError:
+        pass
+    return sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)})
+
+
+def _top_level_to_hide() -> tuple[list[str], list[str]]:
+    """(directories, regular files) at / outside `SYSTEM_DIRS`, skipping any entry that is (or
+    links into, or contains) a system directory: a link `/x -> /usr` must not cover libc."""
+    system = [os.path.realpath("/" + n) for n in SYSTEM_DIRS if os.path.exists("/" + n)]
+    dirs, files = [], []
+    for n in sorted(os.listdir("/")):
+        if n in SYSTEM_DIRS:
+            continue
+        r = os.path.realpath("/" + n)
+        if r == "/" or any(r == s or r.startswith(s + "/") or s.startswith(r + "/")
+                           for s in system):
+            continue
+        if os.path.isdir(r):
+            dirs.append(r)
+        elif os.path.isfile(r):
+            files.append(r)
+    return dirs, files
+
+
+def _paths_to_hide(extra: list[str]) -> tuple[list[str], list[str]]:
+    """Directories (top-level ones outside `SYSTEM_DIRS`, `/dev/shm`, the checkout this module
+    lives in, in case it sits under a system directory, and the caller's extras) and files."""
+    dirs, files = _top_level_to_hide()
+    checkout = os.path.realpath(Path(__file__).resolve().parents[2])
+    return ["/tmp"] + dirs + list(ALSO_HIDE) + [checkout] + extra, files
+
+
+def _hide_files(files: list[str]) -> list[str]:
+    """Bind /dev/null (read-only) over each file: it reads as empty. Best effort per file: one
+    odd file must not cost the directory isolation (a file left readable is logged)."""
+    hidden = []
+    for f in files:
+        try:
+            _mount("/dev/null", f, None, _MS_BIND, None)
+            _mount(None, f, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None)
+            hidden.append(f)
+        except OSError as e:
+            log.warning("sandbox: %s stays readable (%s)", f, e)
+    return hidden
+
+
+def _hide(paths: list[str], keep: list[str]) -> list[str]:
+    """Mount a root-owned tmpfs over each path, binding `keep` paths back read-only."""
+    hidden = []
+    for h in paths:
+        h = os.path.realpath(h)
+        inside_keep = any(h == k or h.startswith(k.rstrip("/") + "/") for k in keep)
+        if h == "/" or h in hidden or not os.path.isdir(h) or inside_keep:
+            continue
+        inner = [k for k in keep if k.startswith(h.rstrip("/") + "/")]
+        fds = [os.open(k, os.O_PATH | os.O_DIRECTORY) for k in inner]
+        size = "512m" if h == "/tmp" else "1m"
+        try:
+            _mount("tmpfs", h, "tmpfs", 0, f"mode=0755,size={size}")
+        except OSError as e:
+            if h == "/tmp":  # the scratch root: without it there is no fs isolation at all
+                raise
+            log.warning("sandbox: %s stays visible (%s)", h, e)  # the others are still hidden
+            for fd in fds:
+                os.close(fd)
+            continue
+        for k, fd in zip(inner, fds):
+            os.makedirs(k, mode=0o755, exist_ok=True)
+            _mount(f"/proc/self/fd/{fd}", k, None, _MS_BIND | _MS_REC, None)
+            _mount(None, k, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None)
+            os.close(fd)
+        hidden.append(h)
+    return hidden
+
+
+def _isolate(cfg: SandboxConfig) -> dict[str, Any]:
+    """Enter network/mount namespaces and hide directories; report what worked."""
+    caps: dict[str, Any] = {"net": False, "fs": False, "uid": False, "hidden": [],
+                            "scratch_root": None, "root": os.geteuid() == 0}
+    libc = _libc()
+    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    # before the mount namespace hides /var and /run: every zygote on the host must see the lock
+    claim = _claim_uid(cfg) if cfg.isolate_uid and caps["root"] else None
+    flags = (_CLONE_NEWNET if cfg.isolate_net else 0) | (_CLONE_NEWNS if cfg.isolate_fs else 0)
+    if flags and caps["root"]:
+        if libc.unshare(flags) == 0:
+            caps["net"] = cfg.isolate_net
+            if cfg.isolate_fs:
+                try:
+                    _mount("none", "/", None, _MS_REC | _MS_PRIVATE, None)
+                    keep = _needed_paths()
+                    extra = [os.path.realpath(p) for p in cfg.hide_paths]
+                    dirs, files = _paths_to_hide(extra)
+                    caps["hidden"] = _hide(dirs, keep)
+                    caps["hidden_files"] = _hide_files(files)
+                    caps["fs"] = "/tmp" in caps["hidden"]
+                    if caps["fs"]:
+                        caps["scratch_root"] = "/tmp"
+                except OSError as e:
+                    caps["fs_error"] = str(e)
+        else:
+            caps["ns_error"] = os.strerror(ctypes.get_errno())
+    if caps["scratch_root"] is None:
+        caps["scratch_root"] = tempfile.mkdtemp(prefix="probe-sandbox-")
+        os.chmod(caps["scratch_root"], 0o755)
+    # Dropping to another uid needs root and a Python installation that uid can read.
+    if claim is not None:
+        caps["uid_value"], caps["uid_lock_fd"] = claim
+        for _ in range(3):  # retried: a probe must not be mistaken for a refusal
+            probe = os.fork()
+            if probe == 0:
+                try:
+                    os.setgroups([])
+                    os.setresgid(claim[0], claim[0], claim[0])
+                    os.setresuid(claim[0], claim[0], claim[0])
+                    os._exit(0 if os.access(os.__file__, os.R_OK) else 1)
+                except BaseException:  # noqa: BLE001
+                    os._exit(1)
+            if os.waitpid(probe, 0)[1] == 0:
+                caps["uid"] = True
+                break
+    if cfg.isolate_uid and caps["root"] and not caps["uid"]:
+        # Fail closed: never run untrusted code as root (it could kill(-1) the whole machine).
+        caps["fatal"] = "running as root but cannot drop to an unprivileged uid"
+    return caps
+
+
+def _claim_uid(cfg: SandboxConfig) -> tuple[int, int] | None:
+    """Reserve a uid no other live zygote on this host uses (flock held for the zygote's life).
+
+    Two graders (e.g. pytest-xdist workers) must never share a uid: cleanup kills every process of
+    the uid, and RLIMIT_NPROC counts per uid.
+    """
+    import fcntl
+    lockdir = "/var/lock/probe-sandbox" if os.path.isdir("/var/lock") else "/dev/shm/probe-sandbox"
+    try:
+        os.makedirs(lockdir, mode=0o700, exist_ok=True)
+    except OSError:
+        return None
+    for uid in range(cfg.uid_base, cfg.uid_base + 4096):
+        fd = os.open(os.path.join(lockdir, f"{uid}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, fd
+        except OSError:
+            os.close(fd)
+    return None
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of `uid` (kill(-1) from a helper running as that uid)."""
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            for _ in range(100):
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except ProcessLookupError:
+                    os._exit(0)
+        finally:
+            os._exit(0)
+    os.waitpid(helper, 0)
