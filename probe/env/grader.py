@@ -176,6 +176,8 @@ def _verdict(res: ExecResult, checks: Sequence[Check], nonce: str) -> tuple[bool
         if rec is None:
             if res.overflow:
                 return False, "OutputLimit"
+            if res.oom_killed:  # the process tree went over memory_mb (cgroup)
+                return False, "MemoryError"
             return False, "Timeout" if res.timed_out else "EarlyExit"
         if "e" in rec:
             return False, str(rec["e"])[:80]
@@ -239,8 +241,11 @@ class Grader:
     def capabilities(self) -> dict[str, Any]:
         """Isolation features granted to *every* worker (boolean AND), plus each worker's uid."""
         caps = dict(self._all[0].capabilities) if self._all else {}
-        for key in ("net", "fs", "uid", "root"):
+        for key in ("net", "fs", "uid", "root", "pid", "load_independent_time"):
             caps[key] = all(sb.capabilities.get(key) for sb in self._all)
+        # "cgroup v1/v2 tree limit" only when every worker has it, else the per-process fallback
+        kinds = {sb.capabilities.get("memory") for sb in self._all}
+        caps["memory"] = kinds.pop() if len(kinds) == 1 else "rlimit_as per process"
         caps["uids"] = [sb.capabilities.get("uid_value") for sb in self._all
                         if sb.capabilities.get("uid")]
         return caps

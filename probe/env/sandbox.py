@@ -46,6 +46,7 @@ import select
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class ExecResult:
     exit_status: int | None = None
     output_tail: str = ""
     sandbox_error: str | None = None
+    oom_killed: bool = False  # the kernel killed a process of the job for the tree memory limit
 
 
 
@@ -160,6 +162,21 @@ class Sandbox:
             if f is not None:
                 f.close()
         self.proc = None
+        self._remove_cgroup()
+
+    def _remove_cgroup(self) -> None:
+        """Remove the worker's memory cgroup once its last process is gone (best effort: a
+        cgroup still draining is left for the next zygote with the same uid to reuse)."""
+        d = self.capabilities.get("memory_cgroup")
+        for _ in range(20):
+            try:
+                if d:
+                    os.rmdir(d)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.01)
 
     def __enter__(self) -> "Sandbox":
         return self

@@ -15,12 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import filelock
+
 log = logging.getLogger(__name__)
 
 SYSTEM_DIRS = frozenset({"usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "etc", "proc",
                          "sys", "dev", "nix", "gnu"})
 ALSO_HIDE = ("/dev/shm",)
-_CLONE_NEWNS, _CLONE_NEWNET = 0x00020000, 0x40000000
+_CLONE_NEWNS, _CLONE_NEWNET, _CLONE_NEWPID = 0x00020000, 0x40000000, 0x20000000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+_PR_SET_PDEATHSIG = 1
+_NO_PROC_EXIT = 75  # the first process of a new PID namespace could not mount its /proc
 _MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -42,6 +47,8 @@ class SandboxConfig:
     isolate_uid: bool = True
     isolate_fs: bool = True
     isolate_net: bool = True
+    isolate_pid: bool = True  # own PID namespace with a fresh /proc (needs the mount namespace)
+    tree_memory: bool = True  # memory_mb for the child's whole process tree (a memory cgroup)
     uid_base: int = 61000
     hide_paths: tuple[str, ...] = ()
 
@@ -120,9 +127,10 @@ def _hide(paths: list[str], keep: list[str]) -> list[str]:
             continue
         inner = [k for k in keep if k.startswith(h.rstrip("/") + "/")]
         fds = [os.open(k, os.O_PATH | os.O_DIRECTORY) for k in inner]
-        size = "512m" if h == "/tmp" else "1m"
+        # /tmp holds the scratch dirs: bounded in bytes and inodes (a disk filler gets ENOSPC)
+        size = "size=256m,nr_inodes=65536" if h == "/tmp" else "size=1m"
         try:
-            _mount("tmpfs", h, "tmpfs", 0, f"mode=0755,size={size}")
+            _mount("tmpfs", h, "tmpfs", 0, f"mode=0755,{size}")
         except OSError as e:
             if h == "/tmp":  # the scratch root: without it there is no fs isolation at all
                 raise
@@ -147,13 +155,19 @@ def _isolate(cfg: SandboxConfig) -> dict[str, Any]:
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     # before the mount namespace hides /var and /run: every zygote on the host must see the lock
     claim = _claim_uid(cfg) if cfg.isolate_uid and caps["root"] else None
-    flags = (_CLONE_NEWNET if cfg.isolate_net else 0) | (_CLONE_NEWNS if cfg.isolate_fs else 0)
+    want_ns = cfg.isolate_fs or cfg.isolate_pid  # a PID namespace needs its own /proc mount
+    flags = (_CLONE_NEWNET if cfg.isolate_net else 0) | (_CLONE_NEWNS if want_ns else 0)
     if flags and caps["root"]:
         if libc.unshare(flags) == 0:
             caps["net"] = cfg.isolate_net
-            if cfg.isolate_fs:
+            if want_ns:
                 try:
                     _mount("none", "/", None, _MS_REC | _MS_PRIVATE, None)
+                    caps["mount_ns"] = True
+                except OSError as e:
+                    caps["fs_error"] = str(e)
+            if cfg.isolate_fs and caps.get("mount_ns"):
+                try:
                     keep = _needed_paths()
                     extra = [os.path.realpath(p) for p in cfg.hide_paths]
                     dirs, files = _paths_to_hide(extra)
@@ -171,14 +185,14 @@ def _isolate(cfg: SandboxConfig) -> dict[str, Any]:
         os.chmod(caps["scratch_root"], 0o755)
     # Dropping to another uid needs root and a Python installation that uid can read.
     if claim is not None:
-        caps["uid_value"], caps["uid_lock_fd"] = claim
+        caps["uid_value"] = claim
         for _ in range(3):  # retried: a probe must not be mistaken for a refusal
             probe = os.fork()
             if probe == 0:
                 try:
                     os.setgroups([])
-                    os.setresgid(claim[0], claim[0], claim[0])
-                    os.setresuid(claim[0], claim[0], claim[0])
+                    os.setresgid(claim, claim, claim)
+                    os.setresuid(claim, claim, claim)
                     os._exit(0 if os.access(os.__file__, os.R_OK) else 1)
                 except BaseException:  # noqa: BLE001
                     os._exit(1)
@@ -191,25 +205,33 @@ def _isolate(cfg: SandboxConfig) -> dict[str, Any]:
     return caps
 
 
-def _claim_uid(cfg: SandboxConfig) -> tuple[int, int] | None:
-    """Reserve a uid no other live zygote on this host uses (flock held for the zygote's life).
+_UID_LOCK: list[filelock.BaseFileLock] = []  # held for the zygote's life (inherited on fork)
+
+
+def _claim_uid(cfg: SandboxConfig) -> int | None:
+    """Reserve a uid no other live zygote on this host uses (a lock file held for the zygote's
+    life; the OS drops it when the zygote dies, however it dies).
 
     Two graders (e.g. pytest-xdist workers) must never share a uid: cleanup kills every process of
     the uid, and RLIMIT_NPROC counts per uid.
     """
-    import fcntl
     lockdir = "/var/lock/probe-sandbox" if os.path.isdir("/var/lock") else "/dev/shm/probe-sandbox"
     try:
         os.makedirs(lockdir, mode=0o700, exist_ok=True)
     except OSError:
         return None
     for uid in range(cfg.uid_base, cfg.uid_base + 4096):
-        fd = os.open(os.path.join(lockdir, f"{uid}.lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        # no soft-lock fallback (a stale file would outlive a killed zygote); never unlinked
+        # (unlinking a lock file another process has open lets two holders in)
+        lock = filelock.FileLock(os.path.join(lockdir, f"{uid}.lock"), mode=0o600, blocking=False,
+                                 thread_local=False, fallback_to_soft=False,
+                                 preserve_lock_file=True)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return uid, fd
-        except OSError:
-            os.close(fd)
+            lock.acquire()
+        except (filelock.Timeout, OSError):
+            continue
+        _UID_LOCK.append(lock)
+        return uid
     return None
 
 
@@ -228,3 +250,147 @@ def _kill_uid(uid: int) -> None:
         finally:
             os._exit(0)
     os.waitpid(helper, 0)
+
+
+def enter_pid_namespace(cfg: SandboxConfig, caps: dict[str, Any]) -> None:
+    """Continue the zygote as PID 1 of a new PID namespace, so its children (the graded code) see
+    and can signal only processes of that namespace.
+
+    `unshare(CLONE_NEWPID)` only moves future children, so the zygote forks: the new process (PID
+    1 there, an init that reaps orphans) mounts a fresh /proc with `hidepid=invisible` (a child then
+    sees only its own uid's processes) and returns to serve jobs; the original process waits and
+    exits with it. Where /proc cannot be mounted (the zygote's own metering reads it) or the
+    namespace is refused, the original process stays in the host namespace and reports why.
+    Needs root and the private mount namespace (the new /proc must not cover the host's).
+    """
+    caps["pid"] = False
+    if not (cfg.isolate_pid and caps["root"] and caps.get("mount_ns")):
+        return
+    libc = _libc()
+    own = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    if libc.unshare(_CLONE_NEWPID) != 0:
+        caps["pid_error"] = os.strerror(ctypes.get_errno())
+        os.close(own)
+        return
+    inner = os.fork()
+    if inner == 0:
+        os.close(own)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # never outlive the outer zygote
+        flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+        for opts in ("hidepid=invisible", "hidepid=2", None):
+            try:
+                _mount("proc", "/proc", "proc", flags, opts)
+                caps["pid"], caps["proc"] = True, opts or "plain"
+                return
+            except OSError as e:
+                caps["pid_error"] = str(e)
+        os._exit(_NO_PROC_EXIT)
+    while True:
+        try:
+            _, status = os.waitpid(inner, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _NO_PROC_EXIT:
+        libc.setns(own, _CLONE_NEWPID)  # later children stay in the host namespace
+        os.close(own)
+        caps["pid_error"] = "cannot mount /proc for a new PID namespace"
+        log.warning("sandbox: no PID namespace (%s)", caps["pid_error"])
+        return
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+def _memory_cgroup_dir() -> tuple[str, str] | None:
+    """(directory of this process's memory cgroup, "v2" or "v1"), preferring cgroup v2 where its
+    memory controller is offered to this cgroup; None where neither is mounted."""
+    try:
+        groups = open("/proc/self/cgroup").read().splitlines()
+        mounts = [l.split() for l in open("/proc/self/mounts").read().splitlines()]
+    except OSError:
+        return None
+    for line in groups:
+        hier, ctrls, path = line.split(":", 2)
+        if hier == "0" and ctrls == "":
+            for m in mounts:
+                if m[2] == "cgroup2":
+                    d = m[1] + path
+                    try:
+                        if "memory" in open(os.path.join(d, "cgroup.controllers")).read().split():
+                            return d, "v2"
+                    except OSError:
+                        pass
+    for line in groups:
+        hier, ctrls, path = line.split(":", 2)
+        if "memory" in ctrls.split(","):
+            for m in mounts:
+                if m[2] == "cgroup" and "memory" in m[3].split(","):
+                    return m[1] + path, "v1"
+    return None
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(value)
+
+
+def setup_memory_cgroup(cfg: SandboxConfig, caps: dict[str, Any]) -> int | None:
+    """A memory cgroup for this worker's jobs, limited to `memory_mb` for the whole process tree
+    (swap included where accounted). Returns an fd of its `cgroup.procs` that each child writes "0"
+    to before running the job, or None: then memory is bounded per process only (RLIMIT_AS), which
+    `caps["memory"]` says. cgroup v2 needs the memory controller delegated to this cgroup's
+    children; v1 needs a writable memory hierarchy."""
+    caps["memory"] = "rlimit_as per process"
+    if not (cfg.tree_memory and caps["root"]):
+        return None
+    found = _memory_cgroup_dir()
+    if found is None:
+        caps["memory_error"] = "no memory cgroup mounted"
+        return None
+    parent, version = found
+    name = f"probe-sandbox-{caps.get('uid_value') or os.getpid()}"
+    d = os.path.join(parent, name)
+    limit = cfg.memory_mb * 1024 * 1024
+    try:
+        os.makedirs(d, exist_ok=True)
+        if version == "v2":
+            if not os.path.exists(os.path.join(d, "memory.max")):
+                _write(os.path.join(parent, "cgroup.subtree_control"), "+memory")
+            _write(os.path.join(d, "memory.max"), str(limit))
+            try:
+                _write(os.path.join(d, "memory.swap.max"), "0")
+            except OSError:
+                pass
+        else:
+            _write(os.path.join(d, "memory.limit_in_bytes"), str(limit))
+            try:
+                _write(os.path.join(d, "memory.memsw.limit_in_bytes"), str(limit))
+            except OSError:
+                pass  # swap not accounted (or no swap): memory alone is limited
+        fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY)
+    except OSError as e:
+        caps["memory_error"] = f"cgroup {version} at {d}: {e}"
+        log.info("sandbox: per-process memory limit only (%s)", caps["memory_error"])
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+        return None
+    caps["memory"], caps["memory_cgroup"] = f"cgroup {version} tree limit", d
+    caps["memory_events"] = os.path.join(d, "memory.events" if version == "v2" else
+                                         "memory.oom_control")
+    return fd
+
+
+def oom_kills(events: str | None) -> int:
+    """The cgroup's count of OOM kills so far (`oom_kill N` line; 0 when unknown)."""
+    if not events:
+        return 0
+    try:
+        for line in open(events).read().splitlines():
+            key, _, val = line.partition(" ")
+            if key == "oom_kill":
+                return int(val)
+    except (OSError, ValueError):
+        pass
+    return 0
+

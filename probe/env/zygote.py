@@ -19,7 +19,8 @@ import time
 from types import CodeType
 from typing import Any
 
-from probe.env.sandbox_isolation import SandboxConfig, _isolate, _kill_uid
+from probe.env.sandbox_isolation import (SandboxConfig, _isolate, _kill_uid, enter_pid_namespace,
+                                         oom_kills, setup_memory_cgroup)
 
 PRELOAD = ("random", "functools", "collections", "string", "math", "datetime", "typing",
            "itertools", "heapq", "bisect", "operator", "json", "re", "copy", "fractions",
@@ -99,13 +100,19 @@ def _compiled_setup(setup: str) -> CodeType | None:
         return None
 
 
-def _child(job: dict, cfg: SandboxConfig, scratch: str, chan_w: int, uid: int | None) -> None:
+def _child(job: dict, cfg: SandboxConfig, scratch: str, chan_w: int, uid: int | None,
+           cgroup_fd: int | None) -> None:
     """In the forked child: confine, then run the job. Never returns."""
     import random
     import resource
 
     from probe.env import runner
     try:
+        if cgroup_fd is not None:
+            try:
+                os.write(cgroup_fd, b"0")  # join the worker's memory cgroup (tree limit)
+            except OSError:
+                os._exit(72)  # fail closed: the granted tree limit must hold for every job
         os.setsid()
         os.chdir(scratch)
         out = os.open(os.path.join(scratch, "output.txt"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
@@ -150,7 +157,8 @@ def _child(job: dict, cfg: SandboxConfig, scratch: str, chan_w: int, uid: int | 
         os._exit(0)
 
 
-def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int]) -> dict:
+def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int],
+             cgroup_fd: int | None = None) -> dict:
     """Zygote: fork a child for `job`, collect its channel, kill everything it left behind."""
     uid = caps["uid_value"] if caps["uid"] else None
     scratch = tempfile.mkdtemp(prefix="job-", dir=caps["scratch_root"])
@@ -158,6 +166,7 @@ def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int]) -> dict
         os.chown(scratch, uid, uid)
     os.chmod(scratch, 0o700)
     _compiled_setup(job["setup"])  # before the fork, so every child inherits the code object
+    ooms = oom_kills(caps.get("memory_events"))
     r, w = os.pipe()
     t0 = time.monotonic()
     pid = os.fork()
@@ -165,7 +174,7 @@ def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int]) -> dict
         os.close(r)
         for fd in proto:
             os.close(fd)
-        _child(job, cfg, scratch, w, uid)
+        _child(job, cfg, scratch, w, uid, cgroup_fd)
     os.close(w)
     meter = _Meter(pid, t0, float(job.get("timeout_s", cfg.timeout_s)), cfg)
     buf, timed_out, overflow = bytearray(), False, False
@@ -206,6 +215,7 @@ def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int]) -> dict
     except OSError:
         pass
     shutil.rmtree(scratch, ignore_errors=True)
+    oom = oom_kills(caps.get("memory_events")) > ooms
     records = []
     for line in bytes(buf).split(b"\n"):
         if not line:
@@ -216,7 +226,10 @@ def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int]) -> dict
             rec = {"bad": True}
         records.append(rec if isinstance(rec, dict) else {"bad": True})
     return {"records": records, "timed_out": timed_out, "overflow": overflow, "wall_s": wall,
-            "cpu_s": meter.cpu, "active_s": active, "exit_status": status, "output_tail": tail}
+            "cpu_s": meter.cpu, "active_s": active, "exit_status": status, "output_tail": tail,
+            "oom_killed": oom,
+            "sandbox_error": "SandboxSetup" if status is not None and os.WIFEXITED(status)
+            and os.WEXITSTATUS(status) in (71, 72) and not records else None}
 
 
 def _read_msg(fd: int) -> Any:
@@ -262,9 +275,12 @@ def serve(argv: list[str] | None = None) -> None:
         except ImportError:
             pass
     caps = _isolate(cfg)
+    cgroup_fd = setup_memory_cgroup(cfg, caps) if not caps.get("fatal") else None
+    if not caps.get("fatal"):
+        enter_pid_namespace(cfg, caps)  # from here on, possibly PID 1 of a new namespace
     # run-queue wait is known: time limits do not depend on machine load
     caps["load_independent_time"] = _runqueue_wait_seconds(os.getpid()) is not None
-    proto = {proto_in, proto_out, null}
+    proto = {proto_in, proto_out, null}  # closed in each child (the cgroup fd: after joining)
     _write_msg(proto_out, caps)
     while True:
         while not select.select([proto_in], [], [], 0.1)[0]:
@@ -273,7 +289,7 @@ def serve(argv: list[str] | None = None) -> None:
         if job is None:
             return
         try:
-            res = _run_job(job, cfg, caps, proto)
+            res = _run_job(job, cfg, caps, proto, cgroup_fd)
         except Exception as e:  # noqa: BLE001 - report, keep serving
             res = {"records": [], "sandbox_error": f"{type(e).__name__}: {e}"}
         _write_msg(proto_out, res)
