@@ -6,19 +6,30 @@ Three processes, three trust levels:
 
 1. The *parent* (the grader, in the caller's process) holds the expected answers. It never runs
    model code and never sends expected values anywhere. It reads results as data and compares.
-2. A *zygote* per worker: a trusted `python -c` process started with a scrubbed environment. It
-   pre-imports the modules `setup_code` needs, then (when running as root) enters its own network
-   namespace (no interfaces but a down loopback: no network) and mount namespace in which private,
-   root-owned tmpfs are mounted over every top-level directory except the system ones
-   (`SYSTEM_DIRS`: an allowlist, so a checkout at an unusual path such as `/check/...` is hidden
-   too), with only the Python installation bound back read-only; files at / read as empty. It receives jobs (setup, program, expressions to
-   evaluate; never expected values) over a pipe and forks one child per job.
-3. A *child* per job: new session/process group, fresh 0700 scratch directory as cwd on the private
-   tmpfs, scrubbed environment, stdin=/dev/null, stdout+stderr to a file capped by RLIMIT_FSIZE,
-   RLIMIT_AS / RLIMIT_CPU / RLIMIT_NPROC / RLIMIT_NOFILE / no core, then (as root) drops to a
-   per-worker uid with no groups, so it cannot signal, ptrace or read the memory of the parent or
-   zygote, and cannot write outside its scratch directory. It runs `runner.run_job`, which writes
-   one JSON line per event to an inherited pipe (the *channel*, not stdout).
+2. A *zygote* per worker (zygote.py): a trusted `python -c` process started with a scrubbed
+   environment. It pre-imports the modules `setup_code` needs, then (when running as root,
+   sandbox_isolation.py) enters its own network namespace (no interfaces but a down loopback: no
+   network) and mount namespace in which private, root-owned tmpfs are mounted over every
+   top-level directory except the system ones (`SYSTEM_DIRS`: an allowlist, so a checkout at an
+   unusual path such as `/check/...` is hidden too), with only the Python installation bound back
+   read-only; files at / read as empty. It creates a memory cgroup for its jobs (the whole process
+   tree limited to `memory_mb`) where the machine lets it, and continues as PID 1 of a new PID
+   namespace with a fresh `/proc` (`hidepid=invisible`). It receives jobs (setup, program,
+   expressions to evaluate; never expected values) over a pipe, compiles the trusted setup code
+   once, and forks one child per job.
+3. A *child* per job: joins the memory cgroup, new session/process group, fresh 0700 scratch
+   directory as cwd on the private tmpfs (256 MB, 65536 inodes), scrubbed environment,
+   stdin=/dev/null, stdout+stderr to a file capped by RLIMIT_FSIZE, RLIMIT_AS / RLIMIT_CPU /
+   RLIMIT_NPROC / RLIMIT_NOFILE / no core, then (as root) drops to a per-worker uid with no groups,
+   so it cannot signal, ptrace or read the memory of the parent or zygote, and cannot write outside
+   its scratch directory; in its PID namespace it sees only its own processes. It runs
+   `runner.run_job`, which writes one JSON line per event to an inherited pipe (the *channel*, not
+   stdout).
+
+Time limits do not depend on machine load: the zygote charges the child its CPU time
+(`timeout_s`) and its *active* time, wall clock minus the time it spent runnable but waiting for a
+core (`/proc/<pid>/schedstat`), limited to `timeout_s * wall_factor` (sleeps, blocked I/O); an
+absolute wall-clock ceiling (`timeout_s * ceiling_factor`) bounds everything else.
 
 Verdicts: for `assert call(...) == literal` (and `is_same_list/is_same_tree(call, list_node(..))`),
 the child only reports the *value* of `call(...)` in a restricted format; the parent decodes it as
@@ -51,7 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probe.env.sandbox_isolation import SYSTEM_DIRS, SandboxConfig, _needed_paths
+from probe.env.sandbox_isolation import SYSTEM_DIRS, SandboxConfig, _needed_paths  # noqa: F401
 from probe.env.zygote import _read_msg, _write_msg, serve
 
 __all__ = ["SYSTEM_DIRS", "ExecResult", "Sandbox", "SandboxConfig", "serve"]
