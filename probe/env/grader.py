@@ -259,6 +259,9 @@ class Grader:
         finally:
             self._free.put(sb)
         ok, err = _verdict(res, checks, nonce)
+        if res.timed_out:
+            log.info("execution stopped by the %s limit: cpu %.2fs, active %.2fs, wall %.2fs",
+                     res.limit, res.cpu_s, res.active_s, res.wall_s)
         return ok, err, res.wall_s
 
     def grade_many(self, items: Sequence[tuple[Problem, str, str]]) -> list[Grade]:

@@ -83,6 +83,7 @@ class ExecResult:
     output_tail: str = ""
     sandbox_error: str | None = None
     oom_killed: bool = False  # the kernel killed a process of the job for the tree memory limit
+    limit: str | None = None  # the time limit that ended the job: "cpu", "active" or "ceiling"
 
 
 

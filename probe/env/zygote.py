@@ -62,6 +62,7 @@ class _Meter:
         self.ceiling = budget * max(cfg.ceiling_factor, cfg.wall_factor)
         self.wait = 0.0  # last readable value: frozen once the child is a zombie
         self.cpu = 0.0
+        self.limit: str | None = None  # which limit ended the job: "cpu", "active", "ceiling"
 
     def poll(self) -> tuple[bool, float]:
         """(limit exceeded, seconds until the active-time limit could next be reached)."""
@@ -71,8 +72,9 @@ class _Meter:
             self.wait = max(self.wait, wait)
         self.cpu = max(self.cpu, _cpu_seconds(self.pid))
         active = wall - self.wait
-        over = self.cpu > self.budget or active > self.active_limit or wall > self.ceiling
-        return over, max(0.0, min(self.active_limit - active, self.ceiling - wall))
+        self.limit = ("cpu" if self.cpu > self.budget else "active" if active > self.active_limit
+                      else "ceiling" if wall > self.ceiling else None)
+        return self.limit is not None, max(0.0, min(self.active_limit - active, self.ceiling - wall))
 
     @property
     def active(self) -> float:
@@ -227,7 +229,7 @@ def _run_job(job: dict, cfg: SandboxConfig, caps: dict, proto: set[int],
         records.append(rec if isinstance(rec, dict) else {"bad": True})
     return {"records": records, "timed_out": timed_out, "overflow": overflow, "wall_s": wall,
             "cpu_s": meter.cpu, "active_s": active, "exit_status": status, "output_tail": tail,
-            "oom_killed": oom,
+            "oom_killed": oom, "limit": meter.limit,
             "sandbox_error": "SandboxSetup" if status is not None and os.WIFEXITED(status)
             and os.WEXITSTATUS(status) in (71, 72) and not records else None}
 

@@ -168,9 +168,8 @@ def corpus(p: Problem, sentinel: Path, port: int, caps: dict) -> dict[str, tuple
         cases["fill_scratch_disk"] = (
             "n = 0\ntry:\n    while n < 1000:\n"
             "        with open('fill%d' % n, 'wb') as fh:\n            fh.write(b'x' * 999_000)\n"
-            "        n += 1\nexcept OSError:\n    pass\n"
-            "try:\n    while n < 200_000:\n        open('empty%d' % n, 'w').close()\n        n += 1\n"
-            "except OSError:\n    pass\n" + canon, "Correct")
+            "        n += 1\nexcept OSError:\n    pass\n"  # ENOSPC (inodes: test_sandbox.py)
+            "assert 0 < n < 1000, n\n" + canon, "Correct")
     cases["timing_side_channel_on_verdict_pipe"] = (
         # find the channel, write candidate answers for every step and time each write, hoping
         # the grader reacts to a right one: it reads nothing as a verdict before the child is gone

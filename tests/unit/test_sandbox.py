@@ -215,3 +215,23 @@ def test_memory_limit_covers_the_whole_process_tree() -> None:
         res = small.run("", "x = bytearray(32 * 1024 * 1024)", [{"kind": "value", "code": "1"}],
                         nonce="n")
         assert {"i": 0, "v": 1} in res.records  # the worker recovered, the cgroup drained
+
+
+def test_scratch_disk_is_bounded_and_emptied_after_each_job() -> None:
+    """Filling the scratch dir with bytes or with empty files ends in ENOSPC, and the next job
+    starts on an empty scratch filesystem (the private /tmp tmpfs, 256 MB / 65536 inodes)."""
+    with Sandbox(SandboxConfig(timeout_s=10.0), slot=9) as big:
+        require_fs_isolation(big)
+        prog = ("import errno, os\ndef fill(kind):\n    n = 0\n    try:\n"
+                "        while n < 300_000:\n            with open('%s%d' % (kind, n), 'wb') as fh:\n"
+                "                fh.write(b'x' * 999_000 if kind == 'big' else b'')\n"
+                "            n += 1\n    except OSError as e:\n"
+                "        return [n, errno.errorcode[e.errno]]\n    return [n, None]\n"
+                "def free():\n    st = os.statvfs('.')\n    return [st.f_bfree, st.f_ffree]\n")
+        steps = [{"kind": "value", "code": c} for c in ("free()", "fill('big')", "fill('empty')")]
+        res = big.run("", prog, steps, nonce="n")
+        got = {r["i"]: decode_value(r["v"]) for r in res.records if "v" in r}
+        assert got[1][1] == "ENOSPC" and 200 < got[1][0] < 300, got  # ~256 x 1 MB files
+        assert got[2][1] == "ENOSPC" and got[2][0] < 70_000, got  # the inode limit
+        after = value(big, prog, "free()")
+        assert after == got[0]  # everything the last job wrote is gone
