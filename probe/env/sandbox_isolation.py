@@ -269,7 +269,11 @@ def enter_pid_namespace(cfg: SandboxConfig, caps: dict[str, Any]) -> None:
     if not (cfg.isolate_pid and caps["root"] and caps.get("mount_ns")):
         return
     libc = _libc()
-    own = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    try:
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY)  # to come back if /proc cannot be mounted
+    except OSError as e:
+        caps["pid_error"] = str(e)
+        return
     if libc.unshare(_CLONE_NEWPID) != 0:
         caps["pid_error"] = os.strerror(ctypes.get_errno())
         os.close(own)
@@ -287,12 +291,7 @@ def enter_pid_namespace(cfg: SandboxConfig, caps: dict[str, Any]) -> None:
             except OSError as e:
                 caps["pid_error"] = str(e)
         os._exit(_NO_PROC_EXIT)
-    while True:
-        try:
-            _, status = os.waitpid(inner, 0)
-            break
-        except InterruptedError:
-            continue
+    _, status = os.waitpid(inner, 0)
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _NO_PROC_EXIT:
         libc.setns(own, _CLONE_NEWPID)  # later children stay in the host namespace
         os.close(own)
