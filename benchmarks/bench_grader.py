@@ -21,8 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from probe.env.grader import Grader, GraderConfig, _plan  # noqa: E402
 from probe.env.problems import Problem, load_problems  # noqa: E402
-
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "leetcode_test_medhard_sample40.jsonl"
+from tests.data_paths import REAL_SAMPLE as SAMPLE  # noqa: E402  (PROBE_SAMPLE overrides)
 
 
 def completions() -> list[tuple[Problem, str, str]]:
@@ -63,6 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--no-baseline", action="store_true", help="time the sandboxed pool only")
     args = ap.parse_args()
     items = completions() * args.repeat
     cfg = GraderConfig(workers=args.workers)
@@ -76,16 +76,18 @@ def main() -> None:
         caps = g.capabilities
     n_exec = sum(len(g.timings) for g in grades)
 
-    t2 = time.perf_counter()
-    n_base = baseline(items, args.workers, cfg.timeout_s)
-    t_base = time.perf_counter() - t2
-
     n = len(items)
     print(f"completions: {n}  workers: {args.workers}  isolation: "
-          f"net={caps.get('net')} fs={caps.get('fs')} uid={caps.get('uid')}")
+          f"net={caps.get('net')} fs={caps.get('fs')} uid={caps.get('uid')} "
+          f"pid={caps.get('pid')} memory={caps.get('memory')}")
     print(f"{'grader':<34}{'executions':>11}{'seconds':>9}{'compl/s':>9}{'exec/s':>8}")
     print(f"{'sandboxed zygote pool (ours)':<34}{n_exec:>11}{t_ours:>9.2f}{n / t_ours:>9.1f}"
           f"{n_exec / t_ours:>8.1f}")
+    if args.no_baseline:
+        return
+    t2 = time.perf_counter()
+    n_base = baseline(items, args.workers, cfg.timeout_s)
+    t_base = time.perf_counter() - t2
     print(f"{'plain subprocess per execution':<34}{n_base:>11}{t_base:>9.2f}{n / t_base:>9.1f}"
           f"{n_base / t_base:>8.1f}")
     print(f"speed-up (completions/s, ours / baseline): {t_base / t_ours:.2f}x "

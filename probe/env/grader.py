@@ -15,6 +15,7 @@ Reward: reward_correct if gt_pass or eq_hinted, plus reward_compile if the code 
 """
 from __future__ import annotations
 
+import ast
 import atexit
 import logging
 import os
@@ -26,9 +27,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any, Sequence
 
-from probe.env.parse import (MAX_PARSE_CHARS, Check, EvaluatorDef, WireError, decode_value,
-                             evaluator_is_guarded, extract_code, find_evaluator, split_assert,
-                             values_equal)
+from probe.env.parse import (Check, EvaluatorDef, WireError, decode_value, evaluator_is_guarded,
+                             extract_code, find_evaluator, safe_parse, split_assert, values_equal)
 from probe.env.problems import Problem
 from probe.env.sandbox import ExecResult, Sandbox, SandboxConfig
 
@@ -94,13 +94,15 @@ def _checks(gt_answer: tuple[str, ...]) -> tuple[Check, ...]:
     return checks
 
 
-def _compiles(code: str) -> bool:
-    if len(code) > MAX_PARSE_CHARS:
+def _compiles(tree: ast.Module | None) -> bool:
+    """Whether the parsed response compiles (compile-time errors such as `return` outside a
+    function are not parse errors). Compiled from the tree: the source is parsed once."""
+    if tree is None:
         return False
     try:
-        compile(code, "<response>", "exec", dont_inherit=True)  # compile only, never executed here
+        compile(tree, "<response>", "exec", dont_inherit=True)  # compile only, never executed here
         return True
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+    except (SyntaxError, ValueError, TypeError, RecursionError, MemoryError, OverflowError):
         return False
 
 
@@ -140,13 +142,14 @@ def _plan(problem: Problem, completion: Any, evaluator: str | None) -> _Plan:
     plan = _Plan(problem, code, evaluator)
     if code is None:
         return plan
-    plan.compiled = _compiles(code)
+    tree = safe_parse(code)  # the one parse of this completion in the parent
+    plan.compiled = _compiles(tree)
     if not plan.compiled:
         return plan
     plan.checks = _checks(problem.gt_answer)
     plan.jobs["gt"] = (code, [{"kind": c.kind, "code": c.expr} for c in plan.checks])
-    if evaluator and not evaluator_is_guarded(code, evaluator):  # guarded = not defined: fails
-        plan.ev = find_evaluator(code, evaluator)
+    if evaluator and not evaluator_is_guarded(code, evaluator, tree):  # guarded = undefined: fails
+        plan.ev = find_evaluator(code, evaluator, tree)
         call = [{"kind": "stmt", "code": _call(plan.ev, evaluator)}]
         plan.jobs["hinted"] = (code, call)
         if plan.ev is not None:
@@ -173,6 +176,8 @@ def _verdict(res: ExecResult, checks: Sequence[Check], nonce: str) -> tuple[bool
         if rec is None:
             if res.overflow:
                 return False, "OutputLimit"
+            if res.oom_killed:  # the process tree went over memory_mb (cgroup)
+                return False, "MemoryError"
             return False, "Timeout" if res.timed_out else "EarlyExit"
         if "e" in rec:
             return False, str(rec["e"])[:80]
@@ -236,8 +241,11 @@ class Grader:
     def capabilities(self) -> dict[str, Any]:
         """Isolation features granted to *every* worker (boolean AND), plus each worker's uid."""
         caps = dict(self._all[0].capabilities) if self._all else {}
-        for key in ("net", "fs", "uid", "root"):
+        for key in ("net", "fs", "uid", "root", "pid", "load_independent_time"):
             caps[key] = all(sb.capabilities.get(key) for sb in self._all)
+        # "cgroup v1/v2 tree limit" only when every worker has it, else the per-process fallback
+        kinds = {sb.capabilities.get("memory") for sb in self._all}
+        caps["memory"] = kinds.pop() if len(kinds) == 1 else "rlimit_as per process"
         caps["uids"] = [sb.capabilities.get("uid_value") for sb in self._all
                         if sb.capabilities.get("uid")]
         return caps
@@ -251,6 +259,9 @@ class Grader:
         finally:
             self._free.put(sb)
         ok, err = _verdict(res, checks, nonce)
+        if res.timed_out:
+            log.info("execution stopped by the %s limit: cpu %.2fs, active %.2fs, wall %.2fs",
+                     res.limit, res.cpu_s, res.active_s, res.wall_s)
         return ok, err, res.wall_s
 
     def grade_many(self, items: Sequence[tuple[Problem, str, str]]) -> list[Grade]:

@@ -65,39 +65,38 @@ class EvaluatorDef:
     source: str  # dedented `def` (with decorators) plus the response's top-level imports
 
 
-def evaluator_is_guarded(code: str, name: str) -> bool:
-    """The response defines `name`, but behind `if __name__ == '__main__':` (facts §3: such an
-    evaluator counts as not defined, so the hinted call must fail, not run the guarded body)."""
-    tree = safe_parse(code)
-    if tree is None or not name:
-        return False
-    found = None
+def _last_def(tree: ast.Module, name: str) -> tuple[ast.AST, bool] | None:
+    """The last definition of `name` at top level or in `class Solution` (node, is_method)."""
+    found: tuple[ast.AST, bool] | None = None
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
-            found = node
-        elif isinstance(node, ast.ClassDef) and node.name == "Solution":
-            for sub in node.body:
-                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)) and sub.name == name:
-                    found = sub
-    return found is not None and _has_main_guard(found)
-
-
-def find_evaluator(code: str, name: str) -> EvaluatorDef | None:
-    """The last definition of `name` at top level or in `class Solution` (None if absent)."""
-    tree = safe_parse(code)
-    if tree is None or not name:
-        return None
-    found: tuple[ast.AST, bool] | None = None
-    imports: list[ast.stmt] = []
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            imports.append(node)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
             found = (node, False)
         elif isinstance(node, ast.ClassDef) and node.name == "Solution":
             for sub in node.body:
                 if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)) and sub.name == name:
                     found = (sub, True)
+    return found
+
+
+def evaluator_is_guarded(code: str, name: str, tree: ast.Module | None = None) -> bool:
+    """The response defines `name`, but behind `if __name__ == '__main__':` (facts §3: such an
+    evaluator counts as not defined, so the hinted call must fail, not run the guarded body).
+    `tree`: `safe_parse(code)` when the caller already has it (parse each completion once)."""
+    tree = safe_parse(code) if tree is None else tree
+    if tree is None or not name:
+        return False
+    found = _last_def(tree, name)
+    return found is not None and _has_main_guard(found[0])
+
+
+def find_evaluator(code: str, name: str, tree: ast.Module | None = None) -> EvaluatorDef | None:
+    """The last definition of `name` at top level or in `class Solution` (None if absent).
+    `tree`: `safe_parse(code)` when the caller already has it."""
+    tree = safe_parse(code) if tree is None else tree
+    if tree is None or not name:
+        return None
+    found = _last_def(tree, name)
+    imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     if found is None or _has_main_guard(found[0]):
         return None
     node, is_method = found

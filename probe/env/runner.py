@@ -22,6 +22,7 @@ import collections
 import builtins
 import json
 import os
+from types import CodeType
 from typing import Any
 
 _type, _len, _id = type, len, id
@@ -113,8 +114,16 @@ def _err(e: BaseException) -> str:
         return "Exception"
 
 
-def run_job(job: dict, chan: int) -> None:
-    """Run setup, program and steps; one JSON line per event on fd `chan`."""
+def compile_setup(src: str) -> CodeType:
+    """Compile the trusted setup code exactly as the child would (same module, same flags)."""
+    return compile(src, "<setup>", "exec")
+
+
+def run_job(job: dict, chan: int, setup: CodeType | None = None) -> None:
+    """Run setup, program and steps; one JSON line per event on fd `chan`.
+
+    `setup`: `job["setup"]` already compiled (by the zygote, once per worker, inherited on fork).
+    """
     write, dumps = os.write, json.dumps
 
     def send(rec: dict) -> None:
@@ -123,7 +132,9 @@ def run_job(job: dict, chan: int) -> None:
             data = data[write(chan, data):]
 
     ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
-    exec(compile(job["setup"], "<setup>", "exec"), ns)  # trusted; failure = harness bug
+    if setup is None:
+        setup = compile_setup(job["setup"])
+    exec(setup, ns)  # trusted; failure = harness bug
     steps = []
     try:
         program = compile(job["program"], "<solution>", "exec")

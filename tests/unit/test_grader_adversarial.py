@@ -146,7 +146,47 @@ def corpus(p: Problem, sentinel: Path, port: int, caps: dict) -> dict[str, tuple
             "          lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGKILL),\n"
             "          lambda: os.kill(os.getppid(), signal.SIGSTOP)):\n"
             "    try:\n        f()\n    except OSError:\n        pass\n" + WRONG, "Incorrect")
+    if caps.get("uid") or caps.get("pid"):  # otherwise /proc/<pid>/root is the host's files
+        cases["read_proc_of_host_and_siblings"] = (
+            "import os, json\nfound = None\n"
+            "for d in [d for d in os.listdir('/proc') if d.isdigit() and int(d) != os.getpid()]:\n"
+            f"    paths = ['cmdline', 'environ', 'mem', 'root' + {str(FIXTURES)!r}]\n"
+            "    try:\n        paths += ['fd/' + f for f in os.listdir('/proc/%s/fd' % d)]\n"
+            "    except OSError:\n        pass\n"
+            "    for f in paths:\n        try:\n"
+            "            data = open('/proc/%s/%s' % (d, f), 'rb').read(1 << 22)\n"
+            "        except Exception:\n            continue\n"
+            "        for line in data.split(b'\\n'):\n            try:\n"
+            "                found = json.loads(line)['canonical_solution']\n"
+            "            except Exception:\n                pass\n"
+            f"exec(found or {WRONG!r})\n", "Incorrect")
+    cases["exhaust_file_descriptors"] = (
+        "import os\nfds = []\ntry:\n    while len(fds) < 100_000:\n"
+        "        fds.append(os.open('/dev/null', os.O_RDONLY))\nexcept OSError:\n    pass\n"
+        "assert len(fds) < 1000, len(fds)\n" + canon, "Correct")
+    if caps.get("fs"):  # otherwise the scratch dir is on the host's disk
+        cases["fill_scratch_disk"] = (
+            "n = 0\ntry:\n    while n < 1000:\n"
+            "        with open('fill%d' % n, 'wb') as fh:\n            fh.write(b'x' * 999_000)\n"
+            "        n += 1\nexcept OSError:\n    pass\n"  # ENOSPC (inodes: test_sandbox.py)
+            "assert 0 < n < 1000, n\n" + canon, "Correct")
+    cases["timing_side_channel_on_verdict_pipe"] = (
+        # find the channel, write candidate answers for every step and time each write, hoping
+        # the grader reacts to a right one: it reads nothing as a verdict before the child is gone
+        "import os, stat, time, json\nchan, best, slowest = None, [0, 1], -1.0\n"
+        "for fd in range(3, 256):\n    try:\n        if stat.S_ISFIFO(os.fstat(fd).st_mode):\n"
+        "            chan = fd\n    except OSError:\n        pass\n"
+        "for j in range(1, 9):\n    t = time.perf_counter()\n    for i in range(8):\n"
+        "        if chan is not None:\n"
+        "            os.write(chan, (json.dumps({'i': i, 'v': [0, j]}) + '\\n').encode())\n"
+        "        time.sleep(0.001)\n    dt = time.perf_counter() - t\n"
+        "    if dt > slowest:\n        best, slowest = [0, j], dt\n"
+        "class Solution:\n    def twoSum(self, nums, target):\n        return best\n", "Incorrect")
     if caps.get("uid") or not caps.get("root"):  # RLIMIT_NPROC applies: not for root without uid
+        cases["fork_past_the_limit"] = (
+            "import os, time\nfor _ in range(200):\n    try:\n        pid = os.fork()\n"
+            "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(60)\n"
+            "        os._exit(0)\n" + canon, "Correct")
         cases["fork_bomb"] = (
             "import os\nclass Solution:\n    def twoSum(self, nums, target):\n        while True:\n"
             "            try:\n                os.fork()\n            except OSError:\n"

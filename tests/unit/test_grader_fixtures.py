@@ -145,8 +145,10 @@ def test_real_sample_canonical_solutions_are_correct(grader: Grader) -> None:
     grades = grader.grade_many([(p, fence(p.canonical_solution), "run_tests") for p in problems])
     bad = [(p.id, g.label, g.error, g.timings) for p, g in zip(problems, grades) if g.label != "Correct"]
     assert not bad
-    # Correct already means under the CPU limit; wall time is bounded by the wall-clock limit
-    assert all(g.timings["gt"] < CONFIG.timeout_s * 2 for g in grades)
+    # Correct already means under the CPU and active-time limits; wall time (which includes waiting
+    # for a core on a busy machine) is bounded by the absolute ceiling
+    ceiling = CONFIG.timeout_s * CONFIG.sandbox_config().ceiling_factor
+    assert all(g.timings["gt"] < ceiling for g in grades)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,20 @@ def value(sb: Sandbox, program: str, expr: str = "probe()") -> object:
     return decode_value(recs[0]["v"])
 
 
+def uid_processes(uid: int) -> list[int]:
+    """Live (non-zombie) host processes running as `uid`."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            status = dict(line.split(":", 1) for line in (d / "status").read_text().splitlines()
+                          if ":" in line)
+        except (OSError, ValueError):
+            continue
+        if int(status["Uid"].split()[0]) == uid and not status["State"].strip().startswith("Z"):
+            pids.append(int(d.name))
+    return pids
+
+
 def require_fs_isolation(sb: Sandbox) -> None:
     """Skip where the OS cannot give a mount namespace; fail where it could and hiding broke."""
     caps = sb.capabilities
@@ -74,6 +88,10 @@ def test_timeout_kills_the_whole_tree(sb: Sandbox) -> None:
     t0 = time.monotonic()
     res = sb.run("", prog, [], nonce="n")
     assert res.timed_out and time.monotonic() - t0 < 3
+    if sb.capabilities.get("pid"):  # the printed pids are the namespace's: look for the uid
+        time.sleep(0.2)
+        assert uid_processes(sb.capabilities["uid_value"]) == []
+        return
     pids = [int(x) for x in res.output_tail.strip().strip("[]").split(",")]
     time.sleep(0.2)
     alive = [p for p in pids if Path(f"/proc/{p}").exists()
@@ -156,3 +174,64 @@ def test_a_dead_zygote_is_replaced(sb: Sandbox) -> None:
     sb.proc.wait()
     res: ExecResult = sb.run("", "x = 1", [{"kind": "value", "code": "x"}], nonce="n")
     assert {"i": 0, "v": 1} in res.records
+
+
+def test_pid_namespace_hides_host_processes(sb: Sandbox) -> None:
+    """Graded code sees only its own processes in /proc and cannot signal anything outside."""
+    caps = sb.capabilities
+    if not caps.get("pid"):
+        if caps.get("root") and caps.get("mount_ns") and "pid_error" not in caps:
+            pytest.fail("root with a mount namespace, but no PID namespace and no reason given")
+        pytest.skip(f"no PID namespace: {caps.get('pid_error', 'needs root and namespaces')}")
+    host_pid = os.getpid()  # this test process: exists on the host, not in the namespace
+    prog = ("import os, signal\ndef probe():\n"
+            "    seen = sorted(int(d) for d in os.listdir('/proc') if d.isdigit())\n"
+            "    out = []\n"
+            f"    for pid in (1, {host_pid}):\n"
+            "        try:\n            os.kill(pid, 0)\n            out.append('visible')\n"
+            "        except OSError as e:\n            out.append(type(e).__name__)\n"
+            "    return [seen, os.getpid(), out]\n")
+    seen, own, signals = value(sb, prog)
+    assert seen == [own]  # not the zygote (pid 1, another uid), not the host, not siblings
+    assert signals[0] == "PermissionError"  # the zygote: another uid
+    if host_pid != own:
+        assert signals[1] in ("ProcessLookupError", "PermissionError")
+
+
+def test_memory_limit_covers_the_whole_process_tree() -> None:
+    """8 forked processes of 48 MB each stay under the 128 MB per-process limit but not under the
+    tree limit: with a memory cgroup the kernel kills them and the job is reported OOM-killed."""
+    with Sandbox(SandboxConfig(timeout_s=2.0, memory_mb=128), slot=8) as small:
+        if not small.capabilities.get("memory", "").startswith("cgroup"):
+            pytest.skip(f"no memory cgroup: {small.capabilities.get('memory_error')} "
+                        "(memory is bounded per process only)")
+        prog = ("import os, time\nkids = []\nfor _ in range(8):\n    pid = os.fork()\n"
+                "    if pid == 0:\n        b = bytearray(48 * 1024 * 1024)\n"
+                "        b[::4096] = b'x' * len(b[::4096])\n        time.sleep(3)\n"
+                "        os._exit(0)\n    kids.append(pid)\n"
+                "for pid in kids:\n    os.waitpid(pid, 0)\n")
+        res = small.run("", prog, [{"kind": "value", "code": "1"}], nonce="n")
+        assert res.oom_killed, res
+        res = small.run("", "x = bytearray(32 * 1024 * 1024)", [{"kind": "value", "code": "1"}],
+                        nonce="n")
+        assert {"i": 0, "v": 1} in res.records  # the worker recovered, the cgroup drained
+
+
+def test_scratch_disk_is_bounded_and_emptied_after_each_job() -> None:
+    """Filling the scratch dir with bytes or with empty files ends in ENOSPC, and the next job
+    starts on an empty scratch filesystem (the private /tmp tmpfs, 256 MB / 65536 inodes)."""
+    with Sandbox(SandboxConfig(timeout_s=10.0), slot=9) as big:
+        require_fs_isolation(big)
+        prog = ("import errno, os\ndef fill(kind):\n    n = 0\n    try:\n"
+                "        while n < 300_000:\n            with open('%s%d' % (kind, n), 'wb') as fh:\n"
+                "                fh.write(b'x' * 999_000 if kind == 'big' else b'')\n"
+                "            n += 1\n    except OSError as e:\n"
+                "        return [n, errno.errorcode[e.errno]]\n    return [n, None]\n"
+                "def free():\n    st = os.statvfs('.')\n    return [st.f_bfree, st.f_ffree]\n")
+        steps = [{"kind": "value", "code": c} for c in ("free()", "fill('big')", "fill('empty')")]
+        res = big.run("", prog, steps, nonce="n")
+        got = {r["i"]: decode_value(r["v"]) for r in res.records if "v" in r}
+        assert got[1][1] == "ENOSPC" and 200 < got[1][0] < 300, got  # ~256 x 1 MB files
+        assert got[2][1] == "ENOSPC" and got[2][0] < 70_000, got  # the inode limit
+        after = value(big, prog, "free()")
+        assert after == got[0]  # everything the last job wrote is gone
