@@ -110,7 +110,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     or (None if "vanilla" in v else "must include 'vanilla' (every R5 comparison is against it)"),
     "grpo.seeds": _non_empty,
     "pool.hint": _one_of(HINTS), "student_eval.hint": _one_of(HINTS), "world.hint": _one_of(HINTS),
-    "replay.projection": _one_of(MODES),
+    "replay.projection": _one_of(MODES), "vhack.shuffled": _one_of(("orthogonal", "balanced")),
     "arms": lambda v: _non_empty(v) or _one_of(ARMS)(v),
 }
 

@@ -19,6 +19,11 @@ from probe.env.grader import Grade, Grader, GraderConfig
 from probe.env.problems import Problem, load_problems
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpu_exclusive(cpu_exclusive: None) -> None:
+    """Not beside the machine-loading test (tests/unit/conftest.py says why)."""
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "fixtures" / "problems.jsonl"
 CONFIG = GraderConfig(timeout_s=1.0, workers=2)

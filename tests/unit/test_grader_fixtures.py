@@ -18,6 +18,11 @@ from probe.env.problems import Problem, load_problems
 from probe.env.prompts import EVALUATOR_NAMES
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpu_exclusive(cpu_exclusive: None) -> None:
+    """Not beside the machine-loading test (tests/unit/conftest.py says why)."""
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "problems.jsonl"
 SAMPLE = REAL_SAMPLE
 CONFIG = GraderConfig(workers=2)

@@ -26,6 +26,11 @@ from probe.world.embedded.config import EmbeddedWorldConfig
 from probe.world.embedded.tasks import make_problem, split_pairs
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpu_exclusive(cpu_exclusive: None) -> None:
+    """Not beside the machine-loading test (tests/unit/conftest.py says why)."""
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "problems.jsonl"
 BURNERS_PER_CORE = 4
 
