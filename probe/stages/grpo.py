@@ -236,24 +236,34 @@ def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
     todo = list(only) if only is not None else jobs(cfg)
     for a, _ in todo:
         get_arm(a)  # an unknown arm fails before anything is computed
-    for seed in sorted({s for _, s in todo}):
-        with FileLock(str(paths.teacher(seed)) + ".lock"):
-            ensure_teacher_rows(world, cfg, paths, seed, device, grader_config)
+    seeds = sorted({s for _, s in todo})
+    _each_once([(str(paths.teacher(s)) + ".lock",
+                 lambda s=s: ensure_teacher_rows(world, cfg, paths, s, device, grader_config))
+                for s in seeds])
+    _each_once([(str(paths.arm(arm, seed)) + ".lock",
+                 lambda arm=arm, seed=seed: run_grpo_arm(
+                     world, cfg, paths, get_arm(arm), seed, V, rank=rank, device=device,
+                     grader_config=grader_config, vhack_k=vhack_k))
+                for arm, seed in todo])
+    return paths
+
+
+def _each_once(jobs: list[tuple[str, Any]]) -> None:
+    """Run every (lock path, job) once across processes: jobs nobody holds first, then wait for
+    the rest (a job that finds its artifact complete returns at once)."""
     waiting = []
     for blocking in (False, True):
-        for arm, seed in (todo if not blocking else waiting):
-            lock = FileLock(str(paths.arm(arm, seed)) + ".lock")
+        for lock_path, job in (jobs if not blocking else waiting):
+            lock = FileLock(lock_path)
             try:
                 lock.acquire(timeout=-1 if blocking else 0)
             except Timeout:
-                waiting.append((arm, seed))
+                waiting.append((lock_path, job))
                 continue
             try:
-                run_grpo_arm(world, cfg, paths, get_arm(arm), seed, V, rank=rank, device=device,
-                             grader_config=grader_config, vhack_k=vhack_k)
+                job()
             finally:
                 lock.release()
-    return paths
 
 
 def run_grpo(world: World, cfg: Any, phase1_paths: Any, out_dir: str | Path = "out",
