@@ -32,7 +32,7 @@ from probe.rl.rollout import (GROUP_FIELDS, CachedGrader, add_logprobs, group_st
 from probe.rl.tracker import StepTracker
 from probe.rl.trainer import grpo_update_step
 from probe.stages.pool import rates
-from probe.vhack import directions_from_diffs, pair_grad_diffs
+from probe.vhack import VHackConfig, directions_from_diffs, pair_grad_diffs
 from probe.world.base import World
 
 log = logging.getLogger(__name__)
@@ -139,11 +139,12 @@ def _resume(stage: Path, adapter: AntipastoAdapter, opt: torch.optim.Optimizer, 
     return done + 1, list(state["summaries"]), state.get("v_refreshed")
 
 
-def _refresh(adapter: AntipastoAdapter, world: World, pairs: list, k: int, batch_size: int,
+def _refresh(adapter: AntipastoAdapter, world: World, pairs: list, vhack: VHackConfig,
              device: str) -> dict[str, torch.Tensor]:
     """v_hack re-extracted (same pairs, same NLL extraction) from the student as it is now."""
-    diffs = pair_grad_diffs(adapter, world.tokenizer, pairs, batch_size, desc="v_hack refresh")
-    return {n: v.to(device) for n, v in directions_from_diffs(diffs, k).items()}
+    diffs = pair_grad_diffs(adapter, world.tokenizer, pairs, vhack.batch_size, desc="v_hack refresh")
+    return {n: v.to(device) for n, v in
+            directions_from_diffs(diffs, vhack.k, vhack.noise_floor).items()}
 
 
 def _overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -155,8 +156,10 @@ def _overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, seed: int,
                  V: dict[str, dict[str, torch.Tensor]], *, rank: int | None = None,
                  device: str = "cpu", grader_config: GraderConfig | None = None,
-                 vhack_k: int = 1, vhack_batch: int = 16, pair_seed: int = 0) -> dict[str, Any]:
-    """Train one arm of one seed for `cfg.steps` steps (resuming); returns its manifest."""
+                 vhack: VHackConfig | None = None) -> dict[str, Any]:
+    """Train one arm of one seed for `cfg.steps` steps (resuming); returns its manifest. `vhack`:
+    how the refreshed arm re-extracts v_hack (the same pairs and settings as the original)."""
+    vhack = vhack or VHackConfig()
     stage = paths.arm(arm.name, seed)
     try:
         return read_manifest(stage)
@@ -171,7 +174,7 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, 
     start, summaries, v_ref = _resume(stage, adapter, opt, cfg.steps)
     V = {kind: {n: t.to(device) for n, t in v.items()} for kind, v in V.items()}
     V["refreshed"] = {n: t.to(device) for n, t in (v_ref or V["nll"]).items()}
-    pairs = world.contrastive_pairs("train", cfg.hint, seed=pair_seed) if arm.refresh else []
+    pairs = world.contrastive_pairs("train", cfg.hint, seed=vhack.seed) if arm.refresh else []
     pad = pad_id(world.tokenizer)
     problems = world.problems(cfg.split)
     norm = normaliser(world, cfg)
@@ -182,7 +185,7 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, 
         for s in bar:
             refreshed_overlap = None
             if arm.refresh and s > 0 and s % cfg.refresh_every == 0:
-                V["refreshed"] = _refresh(adapter, world, pairs, vhack_k, vhack_batch, device)
+                V["refreshed"] = _refresh(adapter, world, pairs, vhack, device)
                 refreshed_overlap = _overlap(V["refreshed"], V["nll"])
             t_step = time.perf_counter()
             teacher_rows = read_rows(step_path(paths.teacher(seed), s))
@@ -227,7 +230,8 @@ def jobs(cfg: GRPOConfig) -> list[tuple[str, int]]:
 def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
                 V: dict[str, dict[str, torch.Tensor]], *, device: str = "cpu",
                 grader_config: GraderConfig | None = None, rank: int | None = None,
-                vhack_k: int = 1, only: Iterable[tuple[str, int]] | None = None) -> GRPOPaths:
+                vhack: VHackConfig | None = None,
+                only: Iterable[tuple[str, int]] | None = None) -> GRPOPaths:
     """Every (arm, seed) of the config, each under its own lock: parallel callers (xdist workers)
     take the jobs nobody holds first, then wait for the rest; no job is computed twice."""
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -243,7 +247,7 @@ def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
     _each_once([(str(paths.arm(arm, seed)) + ".lock",
                  lambda arm=arm, seed=seed: run_grpo_arm(
                      world, cfg, paths, get_arm(arm), seed, V, rank=rank, device=device,
-                     grader_config=grader_config, vhack_k=vhack_k))
+                     grader_config=grader_config, vhack=vhack or VHackConfig()))
                 for arm, seed in todo])
     return paths
 
@@ -275,4 +279,4 @@ def run_grpo(world: World, cfg: Any, phase1_paths: Any, out_dir: str | Path = "o
     V = ensure_vhack(world, cfg, phase1_paths, device)
     paths = grpo_paths(world_identity(world), stage_keys(world, cfg)["v_hack"], cfg.grpo, out_dir)
     return ensure_grpo(world, cfg.grpo, paths, V, device=device, grader_config=cfg.grader,
-                       rank=cfg.replay.rank, vhack_k=cfg.vhack.k)
+                       rank=cfg.replay.rank, vhack=cfg.vhack)
