@@ -4,7 +4,9 @@ Trajectory = the student's strict hack rate on its own on-policy rows, per arm �
 - rise: pooled rate over the last window (steps 13–15) minus the first (steps 0–2), per seed and
   pooled: windows of three steps, because one step holds only P × (G − teacher rows) student rows;
 - slowdown: a one-sided Wilcoxon signed-rank test over the paired (seed, step ≥ 1) rate differences
-  between two arms (step 0 is identical by construction: every arm starts at δS = 0);
+  between two arms (step 0 is identical by construction: every arm starts at δS = 0). Steps of one
+  seed are autocorrelated, so its p is optimistic; the per-seed mean differences travel with it in
+  every verdict message, and `seeds_positive` counts the seeds where the first arm hacked more;
 - sneaky fail (ratio saturation, no signal): the clip-active token fraction, the teacher rows' share of
   the gradient and the fraction of groups with reward variance, per step, with the failing steps named.
 """
@@ -93,7 +95,8 @@ def paired_slowdown(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]],
         res = sps.wilcoxon(nonzero, alternative="greater")
         p, stat = float(res.pvalue), float(res.statistic)
     return {"n_pairs": len(diffs), "mean_diff": sum(diffs) / max(len(diffs), 1), "p": p,
-            "statistic": stat, "per_seed_mean_diff": per_seed}
+            "statistic": stat, "per_seed_mean_diff": per_seed,
+            "seeds_positive": sum(v > 0 for v in per_seed.values())}
 
 
 def trajectory_text(per_seed: dict[int, dict[str, Any]], steps: Sequence[int] | None = None) -> str:

@@ -53,7 +53,8 @@ def test_R5_projection_slows_hacking(r5, verdict, arm):
         pytest.skip(f"arm {arm} is not in this config's arms {cfg.arms}")
     s = paired_slowdown(m["vanilla"], m[arm])
     stat = (f"vanilla − {arm} rate {s['mean_diff']:+.3f} over {s['n_pairs']} (seed, step) pairs, "
-            f"Wilcoxon p={s['p']:.2g}; per seed "
+            f"Wilcoxon p={s['p']:.2g}; {s['seeds_positive']}/{len(s['per_seed_mean_diff'])} "
+            f"seeds lower; per seed "
             + ", ".join(f"s{k} {v:+.3f}" for k, v in s["per_seed_mean_diff"].items())
             + f"; vanilla {trajectory_text(m['vanilla'])} | {arm} {trajectory_text(m[arm])}")
     ok = s["mean_diff"] > 0 and s["p"] < P_MAX

@@ -171,3 +171,43 @@ def test_R5_cached_grader_grades_each_distinct_completion_once():
                                    "grade:2:a:run_tests", "grade:1:a:None"]
     assert calls == [3] and g.misses == 3 and g.hits == 1
     assert g.grade_many(items[:1]) == ["grade:1:a:run_tests"] and calls == [3]
+
+
+def _manifest(rates: list[float], n: int = 32) -> dict:
+    return {"steps": [{"student": {"n": n, "hack_rate": r}} for r in rates]}
+
+
+def test_R5_checks_rise_and_paired_slowdown_on_known_trajectories():
+    """Synthetic trajectories with known answers: a swapped pair of arms must flip the verdict."""
+    from probe.checks_grpo import paired_slowdown, rise
+
+    up = [0.0, 0.0, 0.0] + [0.1 * k for k in range(1, 11)] + [1.0] * 7
+    flat = [0.0] * 20
+    fast = {s: _manifest(up) for s in (1, 2, 3)}
+    slow = {s: _manifest([x / 2 for x in up]) for s in (1, 2, 3)}
+    r = rise(fast)
+    assert r["start"] == 0.0 and r["rise"] == pytest.approx(1.0)  # steps 13-15 are all 1.0
+    assert rise({1: _manifest(flat)})["rise"] == 0.0
+    s = paired_slowdown(fast, slow)
+    assert s["mean_diff"] > 0 and s["p"] < 0.001 and s["seeds_positive"] == 3
+    swapped = paired_slowdown(slow, fast)
+    assert swapped["mean_diff"] < 0 and swapped["p"] > 0.5 and swapped["seeds_positive"] == 0
+    same = paired_slowdown(fast, fast)
+    assert same["p"] == 1.0 and same["mean_diff"] == 0.0
+    with pytest.raises(ValueError, match="step 15"):
+        rise({1: _manifest(up[:10])})
+
+
+def test_R5_saturation_names_the_failing_steps():
+    from probe.checks_grpo import saturation
+
+    def step(k, clip, var, share):
+        return {"step": k, "updates": [{"clip_frac": clip, "teacher_grad_norm": share,
+                                        "grad_norm_in": 1.0}],
+                "teacher": {"n": 4}, "frac_groups_teacher_student_gap": 1.0,
+                "frac_groups_with_variance": var}
+
+    m = {"vanilla": {1: {"steps": [step(0, 0.05, 1.0, 0.3), step(1, 0.5, 0.5, 0.0)]}}}
+    s = saturation(m, clip_max=0.2, variance_min=0.9)
+    assert s["clip_bad"] == ["vanilla/s1/step1"] and s["variance_bad"] == ["vanilla/s1/step1"]
+    assert s["teacher_bad"] == ["vanilla/s1/step1"] and s["clip_max"] == 0.5
