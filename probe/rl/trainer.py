@@ -119,6 +119,9 @@ def grpo_update_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: list[di
             info.update(diag.to_dict())
             info["grad_change_norm"] = total_norm(
                 {n: total[n] - adapter.grads()[n] for n in total})
+            # recomputed from .grad itself against v_hack, not from the projection's own report:
+            # a projection fed the wrong direction (or sign) leaves this > 0 for the v_hack arms
+            info["grad_hackward_cos_out"] = mean_hackward(adapter.grads(), V["nll"])
         info["grad_norm_out"] = total_norm(adapter.grads())
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(adapter.parameters(), cfg.max_grad_norm)
@@ -133,7 +136,8 @@ def grpo_update_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: list[di
             with torch.no_grad():
                 for n, p in params.items():
                     p.copy_((before[n] - new[n]).to(p.dtype))
-            update = new
+        # the step actually applied, read back from the parameters (not from what was computed)
+        update = {n: before[n] - p.detach() for n, p in params.items()}
         info["update_cos"] = mean_hackward(update, V["nll"])  # always w.r.t. v_hack
         info["update_norm"] = total_norm(update)
         updates.append(info)

@@ -20,7 +20,7 @@ from tests.unit.tiny_world import make_tiny_world
 
 pytestmark = pytest.mark.unit
 
-ARMS = ("vanilla", "projected", "projected_update", "projected_refresh")  # random: same path as projected
+ARMS = ("vanilla", "projected", "projected_update", "projected_random", "projected_refresh")
 CFG = GRPOConfig(steps=3, problems_per_step=2, group_size=4, micro_batch=3, seeds=(5,), arms=ARMS,
                  split="train",
                  refresh_every=2, lr=1e-2)
@@ -100,6 +100,13 @@ def test_R5_projection_acts_where_the_arm_says(tiny_grpo):
     assert fired, "the projected arm never fired: the test would show nothing"
     for u in fired:  # one-sided: no hack-ward component left in the gradient, and g changed
         assert u["cos_out"] < 1e-5 and u["grad_change_norm"] > 0
+        # measured on .grad against v_hack itself: a flipped or wrong V would leave it > 0
+        assert u["grad_hackward_cos"] > 1e-4 and u["grad_hackward_cos_out"] < 1e-5
+    # the control arm projects its own direction, not v_hack: same data at step 0, other cosines
+    ctrl = man["projected_random"]["steps"][0]["updates"][0]
+    assert ctrl["cos_in"] != pytest.approx(man["projected"]["steps"][0]["updates"][0]["cos_in"])
+    assert ctrl["grad_hackward_cos"] == pytest.approx(
+        man["projected"]["steps"][0]["updates"][0]["grad_hackward_cos"])  # same data, same g
     upd = [u for st in man["projected_update"]["steps"] for u in st["updates"]]
     assert any(u["update_cos_before_projection"] > 1e-4 for u in upd)
     assert all(u["update_cos"] < 1e-5 for u in upd)  # the update applied has none left
