@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Mapping
 import dacite
 
 from probe.env.prompts import HINTS
+from probe.precision import SETTINGS
 from probe.project import MODES
 from probe.rl.arms import GRPO_ARMS
 from probe.rl.config import CORRECTIONS, GRPOConfig
@@ -109,6 +110,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "grpo.arms": lambda v: _non_empty(v) or _one_of(tuple(GRPO_ARMS))(v)
     or (None if "vanilla" in v else "must include 'vanilla' (every R5 comparison is against it)"),
     "grpo.seeds": _non_empty,
+    "world.dtype": _one_of(SETTINGS),
     "pool.hint": _one_of(HINTS), "student_eval.hint": _one_of(HINTS), "world.hint": _one_of(HINTS),
     "replay.projection": _one_of(MODES), "vhack.shuffled": _one_of(("orthogonal", "balanced")),
     "arms": lambda v: _non_empty(v) or _one_of(ARMS)(v),

@@ -49,3 +49,17 @@ def test_R2_sneaky_grad_norm_stable(stats, verdict):
     verdict("R2", "per-step ‖g‖ stable", f"max/med {hi:.2f}, min/med {lo:.2f}",
             f"within {NORM_SPREAD_MAX:g}× of median", ok)
     assert ok, f"per-step grad norms unstable: {[round(x, 4) for x in stats['step_grad_norms']]}"
+
+
+def test_R2_sneaky_cosines_trustworthy_at_run_dtype(vanilla_replay, verdict):
+    """Per-sample gradients at the run's dtype vs a float32 recomputation of the same rows: below
+    the threshold the per-row cosines are rounding noise, whatever else passes."""
+    from probe.artifacts import read_manifest
+
+    f = read_manifest(vanilla_replay.arm("vanilla")).get("fidelity")
+    assert f is not None, "the vanilla replay recorded no fidelity check (made by older code?)"
+    stat = (f"{f['dtype']} vs float32 on {f['n_rows']} rows: min cos {f['min_cos']:.4f}, mean "
+            f"{f['mean_cos']:.4f}, max rel L2 {f['max_rel_l2']:.3g} ({f['rule']}; {f['reference']})")
+    ok = f["min_cos"] >= f["threshold_cos"]
+    verdict("R2", "per-sample grads trustworthy at run dtype", stat, f">= {f['threshold_cos']}", ok)
+    assert ok, f"cosines at {f['dtype']} are not trustworthy: {stat}"

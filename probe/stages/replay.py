@@ -24,6 +24,7 @@ from probe.artifacts import (ArtifactError, provenance, read_rows, step_path, va
 from probe.batch import collate
 from probe.cosine import norm_weighted_cos, norm_weighted_cos_many
 from probe.encoding import pad_id
+from probe.fidelity import grad_fidelity
 from probe.grads import per_sample_grads
 from probe.io import atomic_path
 from probe.project import as_basis, hackward_cos, project_adapter_grads_
@@ -128,6 +129,10 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
     project_kind = None if arm == "vanilla" else (arm.split("_", 1)[1] if "_" in arm else "nll")
     stage_dir = Path(stage_dir)
     t0 = time.perf_counter()
+    # R2's sneaky fail: are per-sample gradients at the run's dtype numbers or rounding noise?
+    fidelity = grad_fidelity(world, read_rows(step_path(pool_dir, 0), ("prompt_ids",
+                                                                        "completion_ids")),
+                             pad_id(world.tokenizer), device, cfg.rank) if arm == "vanilla" else None
     model = world.load_base(device)
     adapter = AntipastoAdapter(model, AntipastoConfig(rank=cfg.rank))
     torch.manual_seed(cfg.seed)
@@ -163,7 +168,8 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
     manifest = provenance(cfg, seed=cfg.seed, arm=arm, world=world.name, model_id=world.model_id,
                           n_steps=n_steps, steps=summaries, student_end=behaviour,
                           seconds=time.perf_counter() - t0, n_modules=len(adapter.module_names),
-                          total_rank=adapter.total_rank)
+                          total_rank=adapter.total_rank, fidelity=fidelity,
+                          dtype=str(next(model.parameters()).dtype))
     write_manifest(stage_dir, manifest)
     adapter.remove()
     return manifest

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from probe.env.problems import Problem
+
+if TYPE_CHECKING:
+    from probe.precision import DtypeChoice
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,12 @@ class World(abc.ABC):
         grade must change it (a world built from a config hashes that config into `meta`)."""
         return {"name": self.name, "model_id": self.model_id,
                 "world_hash": self.meta.get("config_hash", self.model_id)}
+
+    def dtype_choice(self, device: str | torch.device = "cpu") -> "DtypeChoice":
+        """The dtype `load_base`/`load_teacher` use on `device` when none is given (and why)."""
+        from probe.precision import DtypeChoice
+
+        return DtypeChoice(torch.float32, "world default")
 
     @property
     def model_id(self) -> str:

@@ -19,6 +19,7 @@ from probe.artifacts import config_hash, file_digest, tree_digest
 from probe.env import prompts
 from probe.env.problems import Problem, load_problems
 from probe.pairs import pairs_for_split
+from probe.precision import DtypeChoice, choose_dtype
 from probe.world.base import Pair, SamplingConfig, World
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class RealWorldConfig:
     max_new_tokens: int = 1536  # upstream's generation budget
     base_id: str | None = None  # the base's hub id when `base` is a dir not named after it
     tokenizer: str | None = None  # defaults to `base`
+    # compute dtype: auto | float32 | bfloat16 | float16; auto = bf16 on CUDA, and on CPU a measured
+    # rule (probe.precision); R2's fidelity check tells whether the cosines survive it
+    dtype: str = "auto"
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RealWorldConfig":
@@ -156,12 +160,27 @@ class RealWorld(World):
     def render(self, problem: Problem, hint: str | None) -> str:
         return prompts.render_prompt(prompts.build_messages(problem, hint), self.tokenizer)
 
+    def dtype_choice(self, device: str | torch.device = "cpu") -> DtypeChoice:
+        """The config's `dtype` resolved for `device` (recorded in `meta["dtype"]`)."""
+        from transformers import AutoConfig
+
+        hidden = None
+        if self.config.dtype == "auto" and torch.device(device).type == "cpu":
+            cfg = AutoConfig.from_pretrained(str(models.resolve_local(self.config.base, "model")),
+                                             local_files_only=True)
+            hidden = getattr(cfg, "hidden_size", None)
+        choice = choose_dtype(self.config.dtype, device, hidden)
+        self.meta["dtype"] = {"dtype": str(choice.dtype), "rule": choice.rule, **choice.measured}
+        return choice
+
     def load_base(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
                   ) -> torch.nn.Module:
+        dtype = dtype or self.dtype_choice(device).dtype
         return models.load_base_model(self.config.base, device=device, dtype=dtype)
 
     def load_teacher(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
                      ) -> torch.nn.Module:
+        dtype = dtype or self.dtype_choice(device).dtype
         teacher = models.load_merged_teacher(self.config.base, self.config.teacher_adapter,
                                              device=device, dtype=dtype, base_id=self.meta["model_id"])
         report = getattr(teacher, "probe_merge_report", None)

@@ -42,6 +42,8 @@ def test_every_stage_wrote_complete_artifacts(tiny_run):
     assert {"net", "fs", "uid"} <= set(pool["grader_isolation"])  # the run says how it was graded
     for key in ("config", "versions", "git_commit", "seed"):
         assert key in pool
+    fid = read_manifest(paths.arm("vanilla"))["fidelity"]  # R2's dtype check has its input
+    assert fid["dtype"] == "torch.float32" and fid["min_cos"] == 1.0
     for arm in ("vanilla", "projected"):
         man = read_manifest(paths.arm(arm))
         assert len(man["steps"]) == 3 and man["student_end"]["n"] == 2

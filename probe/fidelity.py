@@ -1,0 +1,51 @@
+"""Are the run's cosines numbers or rounding noise? Per-sample δS gradients at the run's dtype
+against a float32 recomputation of the same rows (issue: bf16 per-sample gradients of a
+Qwen3-4B-shaped model differed from float32 by 27% relative L2).
+
+R2's sneaky-fail check reads the result from the vanilla replay's manifest.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
+from probe.batch import collate
+from probe.grads import per_sample_grads
+from probe.world.base import World
+
+FIDELITY_MIN_COS = 0.99  # per row, run dtype vs float32: below it the per-row cosines are not trustworthy
+
+
+def _flat_grads(world: World, rows: Sequence[dict[str, Any]], pad: int, device: str,
+                dtype: torch.dtype, rank: int | None) -> torch.Tensor:
+    model = world.load_base(device, dtype)
+    adapter = AntipastoAdapter(model, AntipastoConfig(rank=rank))
+    try:
+        batch = collate([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
+                        pad).to(device)
+        grads = per_sample_grads(adapter, batch).grads
+        return torch.cat([g.flatten(1).float().cpu() for g in grads.values()], dim=1)
+    finally:
+        adapter.remove()
+
+
+def grad_fidelity(world: World, rows: Sequence[dict[str, Any]], pad: int, device: str = "cpu",
+                  rank: int | None = None, n_rows: int = 8) -> dict[str, Any]:
+    """Cosine and relative L2 error, per row, of the run dtype's per-sample gradients against
+    float32 on the first `n_rows` rows (at δS = 0, where every arm starts)."""
+    choice = world.dtype_choice(device)
+    rows = list(rows)[:n_rows]
+    out: dict[str, Any] = {"dtype": str(choice.dtype), "rule": choice.rule, "n_rows": len(rows),
+                           "threshold_cos": FIDELITY_MIN_COS}
+    if choice.dtype == torch.float32:
+        return {**out, "min_cos": 1.0, "mean_cos": 1.0, "max_rel_l2": 0.0,
+                "reference": "the run is float32: it is the reference"}
+    run = _flat_grads(world, rows, pad, device, choice.dtype, rank)
+    ref = _flat_grads(world, rows, pad, device, torch.float32, rank)
+    cos = F.cosine_similarity(run.double(), ref.double(), dim=1)
+    rel = (run - ref).norm(dim=1) / ref.norm(dim=1).clamp(min=1e-30)
+    return {**out, "min_cos": float(cos.min()), "mean_cos": float(cos.mean()),
+            "max_rel_l2": float(rel.max()), "reference": "float32 recomputation"}
