@@ -32,8 +32,43 @@ class PerSampleGrads:
         return {n: g.sum(0) for n, g in self.grads.items()}
 
 
+FLAT_HEAD_MODEL_TYPES = ("qwen3", "qwen2", "llama", "mistral")  # logits = lm_head(model(...))
+
+
 def token_nll(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """NLL of each target token, (B, T); position t holds -log p(token t | tokens < t), 0 at t=0."""
+    """NLL of each target token, (B, T); position t holds -log p(token t | tokens < t), 0 at t=0.
+
+    On CUDA, causal LMs whose logits are just `lm_head(model(...))` take `token_nll_flat` (the loss
+    on target positions only); elsewhere the reference `token_nll_full`, so CPU results (the
+    embedded world's statistics) stay bit-identical to the reference path.
+    """
+    if batch.input_ids.device.type == "cuda" and _flat_head(model):
+        return token_nll_flat(model, batch)
+    return token_nll_full(model, batch)
+
+
+def _flat_head(model: torch.nn.Module) -> bool:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return (getattr(model, "model", None) is not None and getattr(model, "lm_head", None) is not None
+            and model_type in FLAT_HEAD_MODEL_TYPES)
+
+
+def token_nll_flat(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """`token_nll` with only the target positions through the LM head and the loss, as flat rows
+    (0 at every other position): the prompt's logits are never needed, and a (B, V, T)
+    cross-entropy over a 151k vocabulary measured 13x slower than the same loss on flat rows.
+    Equal to `token_nll_full` up to float rounding (unit-tested)."""
+    hidden = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    target = batch.loss_mask[:, 1:] != 0  # logit at t-1 predicts token t
+    logits = model.lm_head(hidden[:, :-1][target]).float()
+    flat = F.cross_entropy(logits, batch.input_ids[:, 1:][target], reduction="none")
+    nll = torch.zeros(target.shape, dtype=flat.dtype, device=flat.device).masked_scatter(target, flat)
+    return F.pad(nll, (1, 0))
+
+
+def token_nll_full(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """Reference path: full logits at every position, cross-entropy over (B, V, T)."""
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, use_cache=False)
     logits = out.logits[:, :-1].float()

@@ -42,3 +42,22 @@ def test_projection_on_cuda_grads(ragged_pairs):
     V = {n: (g.float() / g.float().norm())[None] for n, g in adapter.grads().items()}
     diag = project_adapter_grads_(adapter, V)
     assert diag.frac_fired == 1.0 and diag.cos_out < 0.05 < diag.cos_in
+
+
+def test_token_nll_takes_the_flat_path_on_cuda(ragged_pairs):
+    """On CUDA the loss runs on target positions only; it must equal the full-logits reference."""
+    import probe.grads as grads
+
+    model = make_tiny_qwen3().cuda()
+    batch = collate(*ragged_pairs, pad_id=0).to("cuda")
+    calls = []
+    orig = grads.token_nll_flat
+    grads.token_nll_flat = lambda m, b: calls.append(1) or orig(m, b)
+    try:
+        fast = grads.token_nll(model, batch)
+    finally:
+        grads.token_nll_flat = orig
+    assert calls, "token_nll did not take the flat path on CUDA"
+    mask = batch.loss_mask.bool()
+    torch.testing.assert_close(fast[mask], grads.token_nll_full(model, batch)[mask],
+                               rtol=1e-4, atol=1e-5)

@@ -124,3 +124,24 @@ def test_collate_rejects_bad_input():
         collate([[]], [[3, 4]], pad_id=0)
     with pytest.raises(ValueError, match="padding side"):
         collate([[1]], [[2]], pad_id=0, side="middle")
+
+
+def test_flat_loss_path_equals_the_full_logits_path(tiny_model, ragged_pairs):
+    """The CUDA fast path (LM head and loss on target positions only) must equal the reference
+    on every target position and be exactly 0 elsewhere, with the same gradient."""
+    from probe.grads import _flat_head, token_nll_flat, token_nll_full
+
+    assert _flat_head(tiny_model)
+    adapter = AntipastoAdapter(tiny_model)
+    for p in adapter.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    for side in ("left", "right"):
+        batch = collate(*ragged_pairs, pad_id=PAD, side=side)
+        flat, full = token_nll_flat(tiny_model, batch), token_nll_full(tiny_model, batch)
+        mask = batch.loss_mask.bool()
+        torch.testing.assert_close(flat[mask], full[mask], rtol=1e-5, atol=1e-6)
+        assert flat[~mask].abs().sum() == 0
+        gf = torch.autograd.grad((flat * batch.loss_mask).sum(), adapter.parameters())
+        gr = torch.autograd.grad((full * batch.loss_mask).sum(), adapter.parameters())
+        for a, b in zip(gf, gr):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
