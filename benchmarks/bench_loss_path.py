@@ -29,8 +29,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=1024, help="prompt + completion tokens")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", choices=("bfloat16", "float32"), default=None,
+                    help="default: bfloat16 on CUDA, float32 on CPU")
     a = ap.parse_args()
-    dtype = torch.bfloat16 if a.device == "cuda" else torch.float32
+    dtype = getattr(torch, a.dtype) if a.dtype else \
+        (torch.bfloat16 if a.device == "cuda" else torch.float32)
     torch.manual_seed(0)
     cfg = Qwen3Config(vocab_size=a.vocab, hidden_size=a.hidden, intermediate_size=3 * a.hidden + 1984,
                       num_hidden_layers=a.layers, num_attention_heads=32, num_key_value_heads=8,
@@ -71,10 +74,17 @@ def main() -> None:
         print(f"{name:>12}: {best:.3f} s per per_sample_grads call, peak {peak:.1f} GiB")
     full, flat = results["full logits"][2], results["flat rows"][2]
     dl = (full.loss - flat.loss).abs().max().item()
-    rel = max(((full.grads[n] - flat.grads[n]).norm() / full.grads[n].norm().clamp(min=1e-30)).item()
-              for n in full.grads)
+    rels = {n: ((full.grads[n] - flat.grads[n]).norm() / full.grads[n].norm().clamp(min=1e-30)).item()
+            for n in full.grads}
+    worst = max(rels, key=rels.get)
+    cos = torch.nn.functional.cosine_similarity(
+        torch.cat([g.flatten(1) for g in full.grads.values()], 1).double(),
+        torch.cat([g.flatten(1) for g in flat.grads.values()], 1).double(), dim=1)
     print(f"speedup {results['full logits'][0] / results['flat rows'][0]:.2f}x; max |Δloss| "
-          f"{dl:.3g}; max per-module relative gradient difference {rel:.3g}")
+          f"{dl:.3g}; per-sample gradient cosine between the paths: min {cos.min().item():.5f}; "
+          f"worst module {worst}: relative difference {rels[worst]:.3g} (norms "
+          f"{full.grads[worst].norm().item():.3g} vs {flat.grads[worst].norm().item():.3g}); "
+          f"median module {sorted(rels.values())[len(rels) // 2]:.3g}")
 
 
 if __name__ == "__main__":
