@@ -137,6 +137,24 @@ class RatioStats:
                     if sign == "pos":
                         a["n_clip_high"] += int((v > 1 + self.eps_high).sum())
 
+    def merge_all(self, accs: list[dict[str, dict[str, Any]]]) -> None:
+        """Replace the accumulators by the combination of several (one per rank); a list of
+        one is this object's own and changes nothing."""
+        if len(accs) == 1:
+            return
+        merged: dict[str, dict[str, Any]] = {}
+        for acc in accs:
+            for key, a in acc.items():
+                if key not in merged:
+                    merged[key] = {**a, "hist": list(a["hist"])}
+                    continue
+                m = merged[key]
+                for k in ("n", "sum", "sumsq", "n_clip_low", "n_clip_high"):
+                    m[k] += a[k]
+                m["min"], m["max"] = min(m["min"], a["min"]), max(m["max"], a["max"])
+                m["hist"] = [p + q for p, q in zip(m["hist"], a["hist"])]
+        self.acc = merged
+
     def summary(self) -> dict[str, dict[str, Any]]:
         out = {}
         for key, a in sorted(self.acc.items()):

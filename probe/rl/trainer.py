@@ -21,6 +21,7 @@ from probe.grads import per_sample_grads
 from probe.project import as_basis, hackward_cos, project_adapter_grads_, project_grads
 from probe.rl.arms import GRPOArm
 from probe.rl.config import GRPOConfig
+from probe.rl.distributed import all_reduce_sum_, gather_in_order, gather_objects, shard
 from probe.rl.dr_grpo import (RatioStats, SurrogateInputs, clip_fraction, group_advantages,
                               scatter_tokens, surrogate)
 
@@ -53,7 +54,11 @@ def surrogate_grads(adapter: Adapter, rows: Sequence[dict[str, Any]], adv: Seque
                     V: dict[str, dict[str, torch.Tensor]] | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[dict], RatioStats]:
     """Summed surrogate gradient over `rows`, its teacher-row part, per-row records (cosines with
-    each V when given) and the ratio statistics of this pass."""
+    each V when given) and the ratio statistics of this pass. Under `torch.distributed`, each
+    rank takes its share of the rows and the sums are all-reduced (probe.rl.distributed)."""
+    n_rows = len(rows)
+    rows, idx = shard(rows)
+    adv = [adv[i] for i in idx]
     params = adapter.named_params()
     total = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
     teacher = {n: torch.zeros_like(t) for n, t in total.items()}
@@ -89,6 +94,11 @@ def surrogate_grads(adapter: Adapter, rows: Sequence[dict[str, Any]], adv: Seque
             rec["cos_S_normalized"] = host["cos_nll"][j] / math.sqrt(len(psg.grads))
             rec.update({k: host[k][j] for k in host if k not in ("cos_nll",)})
             records.append(rec)
+    all_reduce_sum_(total)
+    all_reduce_sum_(teacher)
+    stats.merge_all(gather_objects(stats.acc))
+    if V is not None:
+        records = gather_in_order(records, idx, n_rows)
     return total, teacher, records, stats
 
 
