@@ -69,7 +69,7 @@ def test_R7_grpo_tstat_at_least_nll(r7, verdict):
     assert ok, f"the GRPO v_hack discriminates less than the NLL one: {_both(r7, 'v_hack')}"
 
 
-def test_R7_grpo_passes_R4(r7, verdict):
+def test_R7_grpo_passes_spec_welch_test(r7, verdict):
     """The spec's R4 test itself for the GRPO direction (t > 2, p < 0.05)."""
     g = r7[METHOD]["v_hack"]
     note = _buckets(r7)
