@@ -93,3 +93,39 @@ def test_registry_kinds_and_columns():
         kind("sft")
     with pytest.raises(ValueError, match="unknown control"):
         kind("grpo", "flipped")
+
+
+def test_compare_directions_cosines_and_principal_angles():
+    from probe.vhack import random_directions
+    from probe.vhack_compare import compare_directions
+
+    ranks = {"a": 16, "b": 9}
+    V = random_directions(ranks, k=1, seed=0)
+    same = compare_directions(V, {n: v.clone() for n, v in V.items()})
+    assert same["identical"] and same["mean_cos"] == pytest.approx(1.0)
+    flipped = compare_directions(V, {n: -v for n, v in V.items()})
+    assert flipped["mean_cos"] == pytest.approx(-1.0) and flipped["max_abs_diff"] > 0
+    assert flipped["principal_cos"] is None  # k = 1: the signed cosine says it all
+    W = random_directions(ranks, k=3, seed=1)
+    rot = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(2),
+                                      dtype=torch.float64))[0]
+    turned = {n: (rot @ w.double()).float() for n, w in W.items()}  # same subspace, other rows
+    c = compare_directions(W, turned)
+    assert not c["identical"] and c["max_abs_diff"] > 1e-3
+    assert c["mean_cos"] == pytest.approx(1.0, abs=1e-5)  # principal angles all zero
+    assert all(len(v) == 3 for v in c["principal_cos"].values())
+
+
+def test_well_formed_names_every_defect():
+    from probe.vhack import random_directions
+    from probe.vhack_compare import well_formed
+
+    ranks = {"a": 8, "b": 5}
+    V = random_directions(ranks, k=2, seed=0)
+    assert well_formed(V, ranks) == []
+    assert "shape" in well_formed({**V, "b": torch.ones(1, 4)}, ranks)[0]
+    nan = V["a"].clone()
+    nan[0, 0] = float("nan")
+    assert "non-finite" in well_formed({**V, "a": nan}, ranks)[0]
+    assert "orthonormal" in well_formed({**V, "a": 2 * V["a"]}, ranks)[0]
+    assert "modules differ" in well_formed({"a": V["a"]}, ranks)[0]
