@@ -121,3 +121,23 @@ def test_report_shows_both_directions_side_by_side(tiny_r7, tmp_path):
     section = text[text.index("## R7"):]
     assert "| nll | " in section and "| grpo | " in section
     assert "Cosine between the two directions per module" in section
+
+
+def test_topk_grpo_extraction_is_well_formed_with_principal_angles(tiny_r7):
+    from probe.adapters.antipasto import AntipastoAdapter
+    from probe.vhack import VHackConfig
+    from probe.vhack_compare import compare_directions
+    from probe.vhack_methods import extract_method
+
+    world, _ = tiny_r7
+    adapter = AntipastoAdapter(world.load_base("cpu"))
+    pairs = world.contrastive_pairs("train", CFG.pool.hint, seed=0)
+    cfg = VHackConfig(k=2)
+    out = {m: extract_method(adapter, world.tokenizer, pairs, cfg, m, 12)[0] for m in ("nll", "grpo")}
+    assert set(out["grpo"]) == {"grpo", "grpo_random", "grpo_shuffled"}
+    for V in (out["nll"]["nll"], out["grpo"]["grpo"], out["grpo"]["grpo_shuffled"]):
+        assert not well_formed(V, adapter.ranks)
+    c = compare_directions(out["nll"]["nll"], out["grpo"]["grpo"])
+    assert c["k"] == 2 and c["principal_cos"] is not None and not c["identical"]
+    assert all(0.0 <= x <= 1.0 + 1e-9 for v in c["principal_cos"].values() for x in v)
+    adapter.remove()
