@@ -112,7 +112,8 @@ def r7_lines(r7: dict[str, Any]) -> list[str]:
     """R7: the NLL and GRPO v_hack side by side on the same vanilla replay rows."""
     lines = ["## R7: NLL vs GRPO v_hack (same vanilla replay rows)", ""]
     if "error" in r7:
-        return lines + [f"- not available: {r7['error']}", ""]
+        return lines + [f"- not available: {r7['error']} (a run made before R7 gets the GRPO "
+                        "columns from `pytest -m uat -k R7`)", ""]
     lines += ["| direction | R4 t (p) | random-direction null p (\\|t\\| q95) | "
               "length-residualised t (p) | spearman(cos, len) | control random t | control shuffled t |",
               "|---|---|---|---|---|---|---|"]

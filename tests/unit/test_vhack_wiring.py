@@ -141,3 +141,12 @@ def test_topk_grpo_extraction_is_well_formed_with_principal_angles(tiny_r7):
     assert c["k"] == 2 and c["principal_cos"] is not None and not c["identical"]
     assert all(0.0 <= x <= 1.0 + 1e-9 for v in c["principal_cos"].values() for x in v)
     adapter.remove()
+
+
+def test_report_of_a_run_without_the_grpo_direction_says_how_to_get_it(tmp_path):
+    from probe.report import write_report
+    from tests.unit.synthetic_run import make_run
+
+    text = write_report(make_run(tmp_path / "run", 6, 6), tmp_path / "report").read_text()
+    section = text[text.index("## R7"):]
+    assert "not available" in section and "pytest -m uat -k R7" in section
