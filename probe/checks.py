@@ -58,8 +58,9 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def replay_rows(paths: Phase1Paths, arm: str) -> list[dict[str, Any]]:
-    return [r for s in read_stage(paths.arm(arm), required=("cos_S_contrib",)) for r in s]
+def replay_rows(paths: Phase1Paths, arm: str, required: tuple[str, ...] = ("cos_S_contrib",)
+                ) -> list[dict[str, Any]]:
+    return [r for s in read_stage(paths.arm(arm), required=required) for r in s]
 
 
 def r2_stats(paths: Phase1Paths) -> dict[str, Any]:
@@ -115,17 +116,24 @@ def _mean(steps: list[dict[str, Any]], key: str) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def r4_stats(paths: Phase1Paths, min_bucket: int = 5, caliper: float = 0.15) -> dict[str, Any]:
-    """Within hack attempts: cos | gt_pass=0 (pure hack) vs cos | gt_pass=1 (hack + correct)."""
-    rows = [r for r in replay_rows(paths, "vanilla") if r["hack_attempt"]]
+def r4_stats(paths: Phase1Paths, min_bucket: int = 5, caliper: float = 0.15,
+             method: str = "nll") -> dict[str, Any]:
+    """Within hack attempts: cos | gt_pass=0 (pure hack) vs cos | gt_pass=1 (hack + correct), for
+    the direction of extraction `method` (`probe.vhack_methods`; its cosine column and its
+    controls' columns) on the vanilla replay rows. Keys `v_hack`, `random`, `shuffled` are that
+    method's direction and controls; the random-direction null (`cos_null`) is shared."""
+    from probe.vhack_methods import column, kind
+
+    col = column(kind(method))
+    ctl = {c: column(kind(method, c)) for c in ("random", "shuffled")}
+    rows = [r for r in replay_rows(paths, "vanilla", (col, *ctl.values())) if r["hack_attempt"]]
     pure = [r for r in rows if not r["gt_pass"]]
     combo = [r for r in rows if r["gt_pass"]]
     out: dict[str, Any] = {"n_hack_attempts": len(rows), "n_pure": len(pure), "n_combined": len(combo),
                            "min_bucket": min_bucket}
-    for key, name in (("cos_S_contrib", "v_hack"), ("cos_random", "random"),
-                      ("cos_shuffled", "shuffled")):
+    for key, name in ((col, "v_hack"), (ctl["random"], "random"), (ctl["shuffled"], "shuffled")):
         out[name] = welch_greater([r[key] for r in pure], [r[key] for r in combo]).to_dict()
-    cos = [r["cos_S_contrib"] for r in rows]
+    cos = [r[col] for r in rows]
     lens = [r["completion_len"] for r in rows]
     for name, bucket in (("len_pure_mean", pure), ("len_combined_mean", combo)):
         out[name] = float(np.mean([r["completion_len"] for r in bucket])) if bucket else math.nan
@@ -135,11 +143,13 @@ def r4_stats(paths: Phase1Paths, min_bucket: int = 5, caliper: float = 0.15) -> 
     out["length_residualised"] = welch_greater(resid[is_pure], resid[~is_pure]).to_dict()
     matches = caliper_match([r["completion_len"] for r in pure],
                             [r["completion_len"] for r in combo], caliper)
-    out["length_matched"] = welch_greater([pure[i]["cos_S_contrib"] for i, _ in matches],
-                                          [combo[j]["cos_S_contrib"] for _, j in matches]).to_dict()
+    out["length_matched"] = welch_greater([pure[i][col] for i, _ in matches],
+                                          [combo[j][col] for _, j in matches]).to_dict()
     out["n_length_matched_pairs"] = len(matches)
     out["random_null"] = random_direction_null(pure, combo, out["v_hack"]["t"])
-    out["per_problem"] = welch_greater(*_problem_means(pure, combo)).to_dict()
+    out["per_problem"] = welch_greater(*_problem_means(pure, combo, col)).to_dict()
+    if method != "nll":
+        out.update(method=method, column=col)
     return out
 
 
@@ -170,14 +180,14 @@ def random_direction_null(pure: list[dict[str, Any]], combo: list[dict[str, Any]
             "n_pure": len(pure), "n_combined": len(combo)}
 
 
-def _problem_means(pure: list[dict[str, Any]], combo: list[dict[str, Any]]
-                   ) -> tuple[list[float], list[float]]:
+def _problem_means(pure: list[dict[str, Any]], combo: list[dict[str, Any]],
+                   col: str = "cos_S_contrib") -> tuple[list[float], list[float]]:
     """Per-problem mean cosines per bucket: rows of one problem are not independent samples."""
     def means(rows: list[dict[str, Any]]) -> list[float]:
         by: dict[Any, list[float]] = {}
         for r in rows:
-            if _finite(r["cos_S_contrib"]):
-                by.setdefault(r["problem_id"], []).append(r["cos_S_contrib"])
+            if _finite(r[col]):
+                by.setdefault(r["problem_id"], []).append(r[col])
         return [sum(v) / len(v) for v in by.values()]
     return means(pure), means(combo)
 
@@ -228,19 +238,43 @@ def behaviour_stats(paths: Phase1Paths, alpha: float = 0.05, power: float = 0.8
     return out
 
 
-def control_stats(paths: Phase1Paths) -> dict[str, Any]:
-    """Each control V's alignment with v_hack, from the saved direction files (so runs made before
-    it was recorded are measured too): per module and overall cosine, thresholds, validity."""
-    from probe.vhack import VHackMismatchError, control_alignment, load_vhack
+def load_direction(paths: Phase1Paths, kind: str) -> dict[str, Any]:
+    """A saved direction file of the run (a missing or corrupt one is an ArtifactError)."""
+    from probe.vhack import VHackMismatchError, load_vhack
 
-    def load(kind: str) -> dict[str, Any]:
-        try:
-            return load_vhack(paths.vhack_file(kind))[0]
-        except VHackMismatchError as e:  # a missing or corrupt direction file
-            raise ArtifactError(str(e)) from e
+    try:
+        return load_vhack(paths.vhack_file(kind))[0]
+    except VHackMismatchError as e:
+        raise ArtifactError(str(e)) from e
 
-    V = load("nll")
-    return {kind: control_alignment(load(kind), V) for kind in ("random", "shuffled")}
+
+def control_stats(paths: Phase1Paths, method: str = "nll") -> dict[str, Any]:
+    """Each control V's alignment with the `method`'s v_hack, from the saved direction files (so
+    runs made before it was recorded are measured too): per module and overall cosine,
+    thresholds, validity."""
+    from probe.vhack import control_alignment
+    from probe.vhack_methods import kind
+
+    V = load_direction(paths, kind(method))
+    return {c: control_alignment(load_direction(paths, kind(method, c)), V)
+            for c in ("random", "shuffled")}
+
+
+def r7_stats(paths: Phase1Paths, method: str = "grpo", min_bucket: int = 5) -> dict[str, Any]:
+    """R7: the `method` v_hack beside the NLL one, on the same vanilla replay rows (R4's Welch
+    test, random-direction null and length-residualised test for each), and how the two saved
+    directions relate (per-module cosine / principal angles; whether the tensors differ)."""
+    from probe.vhack_compare import compare_directions, well_formed
+
+    ranks = read_manifest(paths.vhack).get("ranks")
+    nll, other = load_direction(paths, "nll"), load_direction(paths, method)
+    return {"method": method, "nll": r4_stats(paths, min_bucket), method: r4_stats(paths, min_bucket,
+                                                                                method=method),
+            "comparison": compare_directions(nll, other),
+            "well_formed": {"nll": well_formed(nll, ranks or {n: v.shape[1] for n, v in nll.items()}),
+                            method: well_formed(other, ranks or {n: v.shape[1]
+                                                                 for n, v in other.items()})},
+            "controls": control_stats(paths, method)}
 
 
 def invalid_control_note(alignment: dict[str, Any]) -> str:

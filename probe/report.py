@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from probe.artifacts import ArtifactError, read_manifest  # noqa: E402
 from probe.checks import (behaviour, behaviour_stats, control_stats, r1_stats,  # noqa: E402
-                          r2_stats, r3_stats, r4_stats, replay_rows)
+                          r2_stats, r3_stats, r4_stats, r7_stats, replay_rows)
 from probe.report_grpo import r5_section  # noqa: E402
 from probe.stages.phase1 import Phase1Paths  # noqa: E402
 
@@ -108,6 +108,32 @@ def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def r7_lines(r7: dict[str, Any]) -> list[str]:
+    """R7: the NLL and GRPO v_hack side by side on the same vanilla replay rows."""
+    lines = ["## R7: NLL vs GRPO v_hack (same vanilla replay rows)", ""]
+    if "error" in r7:
+        return lines + [f"- not available: {r7['error']} (a run made before R7 gets the GRPO "
+                        "columns from `pytest -m uat -k R7`)", ""]
+    lines += ["| direction | R4 t (p) | random-direction null p (\\|t\\| q95) | "
+              "length-residualised t (p) | spearman(cos, len) | control random t | control shuffled t |",
+              "|---|---|---|---|---|---|---|"]
+    for m in ("nll", r7["method"]):
+        st = r7[m]
+        nu = st["random_null"]
+        lines.append(f"| {m} | {st['v_hack']['t']:+.2f} ({st['v_hack']['p']:.2g}) | "
+                     f"{nu['p_empirical']:.3f} ({nu['abs_t_q95']:.2f}) | "
+                     f"{st['length_residualised']['t']:+.2f} ({st['length_residualised']['p']:.2g}) | "
+                     f"{st['cos_length_corr']['spearman']:+.2f} | {st['random']['t']:+.2f} | "
+                     f"{st['shuffled']['t']:+.2f} |")
+    c = r7["comparison"]
+    lines += ["", f"Cosine between the two directions per module: mean {c['mean_cos']:+.3f}, "
+              f"median {c['median_cos']:+.3f}, min {c['min_cos']:+.3f}, max {c['max_cos']:+.3f} "
+              f"(random pair ≈ ±{c['random_null_rms']:.3f}; k = {c['k']}"
+              f"{', principal angles in the v_hack manifest' if c['k'] > 1 else ''}); "
+              f"max |Δ| {c['max_abs_diff']:.3g}.", ""]
+    return lines
+
+
 def write_report(paths: Phase1Paths, out_dir: str | Path = "out",
                  grpo_run: Path | None = None) -> Path:
     """Write `<out_dir>/report.md` (+ PNGs beside it) and return its path; with `grpo_run` (a
@@ -152,6 +178,7 @@ def write_report(paths: Phase1Paths, out_dir: str | Path = "out",
                          f"{a['rms_overlap_max']:.4f}) | {a['random_null_rms']:.4f} | "
                          f"{'yes' if a['valid'] else 'NO'} |")
         lines.append("")
+    lines += r7_lines(_safe(lambda: r7_stats(paths)))
     lines += ["## Student behaviour", "",
               "`mdd_*`: the smallest hack-rate drop from the first arm that the two arms' n detect "
               "(power 0.8, one-sided alpha 0.05, normal approximation).", "",

@@ -1,7 +1,8 @@
 """v_hack: per-module hack-ward directions in the adapter's parameter space, and negative controls.
 
 From contrastive pairs (same prompt, a hacking and a clean completion), each pair gives the
-difference of per-completion mean-NLL gradients d_i = ∇L(hack_i) − ∇L(clean_i) per module. The
+difference of per-completion mean-NLL gradients d_i = ∇L(hack_i) − ∇L(clean_i) per module (other
+methods plug in their own pair difference, `PairGrads`; see `probe.vhack_methods`). The
 k=1 direction is the normalised mean difference; top-k takes the right singular vectors of the
 stacked differences, each oriented hack-ward by majority vote. Controls from the same code: a Haar
 random V of the same shapes, and a shuffled-label V (half the pairs' hack/clean labels swapped,
@@ -20,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import save_file
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from probe.adapters.antipasto import check_names_and_ranks, read_safetensors
 from probe.adapters.base import Adapter
-from probe.batch import collate
+from probe.batch import TokenBatch, collate
 from probe.encoding import encode_completion, encode_prompt, pad_id
 from probe.grads import per_sample_grads
 from probe.io import atomic_path
@@ -54,9 +55,21 @@ class VHackConfig:
     shuffled: str = "orthogonal"
 
 
+PairGrads = Callable[[Adapter, TokenBatch, int], dict[str, torch.Tensor]]
+"""(adapter, batch of 2n rows: n hack completions then their n clean ones, n) -> per module (n, r),
+one gradient difference per pair, oriented so that descent along it makes the hack likelier."""
+
+
+def nll_pair_grads(adapter: Adapter, batch: TokenBatch, n: int) -> dict[str, torch.Tensor]:
+    """The NLL method: ∇ mean-NLL(hack) − ∇ mean-NLL(clean) per pair."""
+    grads = per_sample_grads(adapter, batch).grads
+    return {name: g[:n] - g[n:] for name, g in grads.items()}
+
+
 def pair_grad_diffs(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], batch_size: int = 16,
-                    desc: str = "v_hack pairs") -> dict[str, torch.Tensor]:
-    """Per module, (P, r): ∇ mean-NLL(hack) − ∇ mean-NLL(clean) for each pair."""
+                    desc: str = "v_hack pairs", pair_grads: PairGrads = nll_pair_grads
+                    ) -> dict[str, torch.Tensor]:
+    """Per module, (P, r): each pair's gradient difference (by default the mean-NLL one)."""
     if not pairs:
         raise ValueError("no contrastive pairs to extract v_hack from")
     pid = pad_id(tokenizer)
@@ -68,10 +81,8 @@ def pair_grad_diffs(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], bat
         comps = [encode_completion(tokenizer, p.hack) for p in part] + \
                 [encode_completion(tokenizer, p.clean) for p in part]
         batch = collate(prompts + prompts, comps, pid).to(device)
-        grads = per_sample_grads(adapter, batch).grads
-        n = len(part)
-        for name, g in grads.items():
-            chunks.setdefault(name, []).append((g[:n] - g[n:]).cpu())
+        for name, d in pair_grads(adapter, batch, len(part)).items():
+            chunks.setdefault(name, []).append(d.cpu())
     return {n: torch.cat(c) for n, c in chunks.items()}
 
 
@@ -204,24 +215,33 @@ def control_alignment(C: dict[str, torch.Tensor], V: dict[str, torch.Tensor]) ->
             "per_module_cos": cos}
 
 
-def extract_all(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], config: VHackConfig
-                ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """v_hack and both controls from one pass over the pairs; plus extraction statistics (each
-    control's alignment with v_hack among them)."""
-    diffs = pair_grad_diffs(adapter, tokenizer, pairs, config.batch_size)
+def directions_and_controls(diffs: dict[str, torch.Tensor], config: VHackConfig, name: str = "nll"
+                            ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """A method's direction (key `name`) and both controls ('shuffled', 'random') from its pair
+    differences, plus extraction statistics (each control's alignment with the direction)."""
     ranks = {n: d.shape[1] for n, d in diffs.items()}
-    nll = directions_from_diffs(diffs, config.k, config.noise_floor)
-    shuffled, fallback = shuffled_directions(diffs, nll, config)
-    vs = {"nll": nll, "shuffled": shuffled, "random": random_directions(ranks, config.k, config.seed)}
+    V = directions_from_diffs(diffs, config.k, config.noise_floor)
+    shuffled, fallback = shuffled_directions(diffs, V, config)
+    vs = {name: V, "shuffled": shuffled, "random": random_directions(ranks, config.k, config.seed)}
     # how consistently pairs agree with the extracted direction (1.0 = every pair hack-ward)
-    agree = torch.stack([(diffs[n].double() @ vs["nll"][n][0].double() > 0).double().mean()
+    agree = torch.stack([(diffs[n].double() @ V[n][0].double() > 0).double().mean()
                          for n in diffs]).mean().item()
-    controls = {kind: control_alignment(vs[kind], nll) for kind in ("random", "shuffled")}
+    controls = {kind: control_alignment(vs[kind], V) for kind in ("random", "shuffled")}
     controls["shuffled"]["construction"] = config.shuffled
     controls["shuffled"]["fallback_modules"] = fallback
-    stats = {"n_pairs": len(pairs), "n_modules": len(diffs), "pair_agreement": agree,
-             "mean_cos_shuffled_vs_nll": controls["shuffled"]["mean_cos"],
-             "controls": controls, "hack_styles": sorted({p.hack_style for p in pairs})}
+    stats = {"n_pairs": next(iter(diffs.values())).shape[0], "n_modules": len(diffs),
+             "pair_agreement": agree, f"mean_cos_shuffled_vs_{name}": controls["shuffled"]["mean_cos"],
+             "controls": controls}
+    return vs, stats
+
+
+def extract_all(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], config: VHackConfig
+                ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """The NLL v_hack and both controls from one pass over the pairs; plus extraction statistics
+    (each control's alignment with v_hack among them)."""
+    diffs = pair_grad_diffs(adapter, tokenizer, pairs, config.batch_size)
+    vs, stats = directions_and_controls(diffs, config, "nll")
+    stats["hack_styles"] = sorted({p.hack_style for p in pairs})
     return vs, stats
 
 

@@ -24,6 +24,8 @@ from probe.stages.evaluate import EvalConfig, evaluate_policy
 from probe.stages.pool import PoolConfig, run_teacher_pool
 from probe.stages.replay import ARMS, ReplayConfig, run_replay
 from probe.vhack import KINDS, VHackConfig, VHackMismatchError, extract_all, load_vhack, save_vhack
+from probe.vhack_compare import compare_directions
+from probe.vhack_methods import METHODS, extract_method, method_kinds
 from probe.world.base import World
 
 log = logging.getLogger(__name__)
@@ -149,28 +151,60 @@ def ensure_pool(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str
     return manifest
 
 
+def _load_kinds(paths: Phase1Paths, kinds: tuple[str, ...], ranks: dict[str, int] | None
+                ) -> dict[str, dict[str, torch.Tensor]]:
+    return {k: load_vhack(paths.vhack_file(k), ranks)[0] for k in kinds}
+
+
 def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str = "cpu"
                  ) -> dict[str, dict[str, torch.Tensor]]:
-    """Extract v_hack and its controls once; later calls load and validate them."""
+    """Extract v_hack and its controls once, for every method of `probe.vhack_methods` (the NLL
+    one first, unchanged); later calls load and validate them. A run made before a method existed
+    gets only that method's files added (and its statistics in the manifest): the NLL files, and
+    so every verdict read from them, stay as they were."""
+    vs: dict[str, dict[str, torch.Tensor]] = {}
+    manifest: dict | None = None
     try:
-        ranks = read_manifest(paths.vhack).get("ranks")
-        vs = {k: load_vhack(paths.vhack_file(k), ranks)[0] for k in KINDS}
-        _mark_stage(world, cfg, paths.vhack)
-        return vs
+        manifest = read_manifest(paths.vhack)
+        vs = _load_kinds(paths, KINDS, manifest.get("ranks"))
     except ArtifactError:
-        pass
+        manifest = None
     except VHackMismatchError as e:  # a corrupt or mismatched file is re-extracted, loudly
         log.warning("re-extracting v_hack: %s", e)
+        manifest, vs = None, {}
+    todo = [m for m in METHODS if m != "nll"] if manifest is not None else list(METHODS)
+    if manifest is not None:
+        for m in list(todo):
+            try:
+                vs.update(_load_kinds(paths, method_kinds(m), manifest.get("ranks")))
+                todo.remove(m)
+            except (VHackMismatchError, ArtifactError) as e:
+                log.info("extracting the %s v_hack beside the existing ones (%s)", m, e)
+    if not todo:
+        _mark_stage(world, cfg, paths.vhack)
+        return vs
     model = world.load_base(device)
     adapter = AntipastoAdapter(model, AntipastoConfig(rank=cfg.replay.rank))
     pairs = world.contrastive_pairs("train", cfg.pool.hint, seed=cfg.vhack.seed)
-    vs, stats = extract_all(adapter, world.tokenizer, pairs, cfg.vhack)
     meta = {"world": world.name, "model_id": world.model_id, "loss": "mean_nll_completion",
             "k": cfg.vhack.k, "n_pairs": len(pairs)}
-    for kind, V in vs.items():
-        save_vhack(paths.vhack_file(kind), V, {**meta, "kind": kind})
-    write_manifest(paths.vhack, provenance(cfg.vhack, seed=cfg.vhack.seed, **meta, stats=stats,
-                                           ranks=adapter.ranks))
+    if "nll" in todo:  # exactly the pre-registry extraction, file metadata included
+        vs, stats = extract_all(adapter, world.tokenizer, pairs, cfg.vhack)
+        for kind, V in vs.items():
+            save_vhack(paths.vhack_file(kind), V, {**meta, "kind": kind})
+        manifest = provenance(cfg.vhack, seed=cfg.vhack.seed, **meta, stats=stats,
+                              ranks=adapter.ranks)
+    methods = dict(manifest.get("methods") or {})
+    for m in (m for m in todo if m != "nll"):
+        mnt = world.sampling.max_new_tokens
+        mvs, mstats = extract_method(adapter, world.tokenizer, pairs, cfg.vhack, m, mnt)
+        mmeta = {**meta, "loss": METHODS[m].loss, "method": m, "max_new_tokens": mnt}
+        for kind, V in mvs.items():
+            save_vhack(paths.vhack_file(kind), V, {**mmeta, "kind": kind})
+        methods[m] = {"loss": METHODS[m].loss, "about": METHODS[m].about, "max_new_tokens": mnt,
+                      "stats": mstats, "vs_nll": compare_directions(vs["nll"], mvs[m])}
+        vs.update(mvs)
+    write_manifest(paths.vhack, {**manifest, "methods": methods})
     adapter.remove()
     _mark_stage(world, cfg, paths.vhack)
     return vs

@@ -34,6 +34,7 @@ from probe.world.base import World
 log = logging.getLogger(__name__)
 
 ARMS = ("vanilla", "projected", "projected_random", "projected_shuffled")
+BASE_KINDS = ("nll", "random", "shuffled")  # the columns above; any other V kind gets cos_<kind>
 KEEP_FROM_POOL = ("problem_id", "step", "index", "label", "hacked", "hack_attempt", "gt_pass",
                   "reward", "prompt_len", "completion_len")
 
@@ -96,6 +97,8 @@ def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[s
                              "grad_norm": host["grad_norm"][j], "loss": host["loss"][j],
                              "loss_tokens": int(host["loss_tokens"][j]),
                              "loss_start": int(host["loss_start"][j]),
+                             # other extraction methods' directions and controls (R7): cos_<kind>
+                             **{f"cos_{k}": host[f"cos_{k}"][j] for k in V if k not in BASE_KINDS},
                              **({"cos_null": [round(x, 5) for x in null[j]]} if null else {})})
     for n, p in params.items():
         p.grad = (summed[n] / len(rows)).to(p.dtype)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from probe.checks import behaviour_stats, control_stats, r4_stats
+from probe.checks import behaviour_stats, control_stats, r4_stats, replay_rows
 from probe.stages.phase1 import Phase1Paths
 from tests import test_R3_projection as R3
 from tests import test_R4_discrimination as R4
@@ -128,3 +128,47 @@ def test_an_aligned_control_is_flagged_invalid_not_counted(tmp_path, shuffled_co
     assert [v["passed"] for v in verdict.rows] == [True, False, False]
     assert all(v["statistic"].startswith("INVALID CONTROL: cos with v_hack mean")
                for v in verdict.rows[1:])
+
+
+def _with_method_columns(paths: Phase1Paths, shift: float) -> None:
+    """Give the vanilla rows GRPO columns: cos_grpo = cos_S_contrib + shift on pure hacks."""
+    from probe.artifacts import read_rows, step_path, write_rows
+
+    path = step_path(paths.arm("vanilla"), 0)
+    rows = read_rows(path)
+    for i, r in enumerate(rows):
+        r["cos_grpo"] = r["cos_S_contrib"] + (0.0 if r["gt_pass"] else shift)
+        r["cos_grpo_random"] = r["cos_random"] * -1.0
+        r["cos_grpo_shuffled"] = 0.01 * i
+    write_rows(path, rows)
+
+
+def test_r4_stats_takes_the_direction_by_method(tmp_path) -> None:
+    """The same code on another direction's column: the NLL statistics are untouched, the GRPO
+    ones read cos_grpo and its own controls; the random-direction null is shared."""
+    from probe.stats import welch_greater
+
+    paths = make_run(tmp_path, 8, 8)
+    before = r4_stats(paths)
+    _with_method_columns(paths, shift=0.3)
+    assert r4_stats(paths) == before
+    g = r4_stats(paths, method="grpo")
+    assert g["column"] == "cos_grpo" and g["v_hack"]["t"] > before["v_hack"]["t"]
+    assert g["random"]["t"] == pytest.approx(-before["random"]["t"])
+    rows = [r for r in replay_rows(paths, "vanilla")
+            if r["hack_attempt"]]
+    want = welch_greater([r["cos_grpo"] for r in rows if not r["gt_pass"]],
+                         [r["cos_grpo"] for r in rows if r["gt_pass"]]).t
+    assert g["v_hack"]["t"] == pytest.approx(want)
+    assert g["random_null"]["abs_t_q95"] == before["random_null"]["abs_t_q95"]
+    assert g["random_null"]["p_empirical"] <= before["random_null"]["p_empirical"]
+
+
+def test_r4_stats_of_a_method_without_its_columns_names_the_column(tmp_path) -> None:
+    from probe.artifacts import ArtifactError
+
+    paths = make_run(tmp_path, 4, 4)
+    with pytest.raises(ArtifactError, match="cos_grpo"):
+        r4_stats(paths, method="grpo")
+    with pytest.raises(ValueError, match="unknown v_hack method"):
+        r4_stats(paths, method="sft")
