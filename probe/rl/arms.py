@@ -26,6 +26,8 @@ GRPO_ARMS: dict[str, GRPOArm] = {a.name: a for a in (
     GRPOArm("projected_random", "random", "grad", why="control: would any direction do?"),
     GRPOArm("projected_shuffled", "shuffled", "grad",
             why="control: a direction from label-shuffled pairs"),
+    GRPOArm("projected_grpo_vhack", "grpo", "grad",
+            why="R7's v_hack, extracted through this loss, projected from the gradient"),
     GRPOArm("projected_refresh", "refreshed", "grad", refresh=True,
             why="v_hack re-extracted from the current student (the prior implementation's variant)"),
 )}

@@ -46,7 +46,19 @@ def _directions(world):
     model = world.load_base("cpu")
     ranks = AntipastoAdapter(model).ranks
     return {"nll": random_directions(ranks, 1, 0), "random": random_directions(ranks, 1, 1),
-            "shuffled": random_directions(ranks, 1, 2)}
+            "shuffled": random_directions(ranks, 1, 2), "grpo": random_directions(ranks, 1, 3)}
+
+
+def test_R5_every_registered_arm_names_a_direction_the_stage_provides():
+    """An arm is one registry entry; its direction must be one ensure_vhack writes (or the
+    refreshed one the stage keeps), so no arm can silently project nothing."""
+    from probe.rl.arms import GRPO_ARMS
+    from probe.vhack_methods import KINDS
+
+    known = set(KINDS.values()) | {"refreshed"}
+    for arm in GRPO_ARMS.values():
+        assert arm.direction is None or arm.direction in known, arm
+        assert arm.target in ("grad", "update")
 
 
 @pytest.fixture(scope="module")
