@@ -22,6 +22,7 @@ from probe.artifacts import read_manifest
 
 START = (0, 1, 2)
 END = (13, 14, 15)  # spec: "by step 15"
+MID = (8, 9, 10)  # spec: "rises by step 10" (reported beside the step-15 verdict)
 
 
 def load_manifests(root: Path, arms: Sequence[str], seeds: Sequence[int]
@@ -69,6 +70,8 @@ def rise(per_seed: dict[int, dict[str, Any]], start: Sequence[int] = START,
         out["per_seed"][seed] = {"start": k0 / max(n0, 1), "end": k1 / max(n1, 1),
                                  "rise": k1 / max(n1, 1) - k0 / max(n0, 1), "n_start": n0, "n_end": n1}
         tot = [tot[0] + k0, tot[1] + n0, tot[2] + k1, tot[3] + n1]
+    mid = [_window(counts(m), MID) for m in per_seed.values()]
+    out["mid"] = sum(k for k, _ in mid) / max(sum(n for _, n in mid), 1)
     out["start"], out["end"] = tot[0] / max(tot[1], 1), tot[2] / max(tot[3], 1)
     out["rise"] = out["end"] - out["start"]
     out["end_ci"] = wilson(tot[2], tot[3])
@@ -116,7 +119,7 @@ def saturation(manifests: dict[str, dict[int, dict[str, Any]]], clip_max: float,
     """Per-step sneaky-fail signals over every arm × seed, up to `last_step`, with failing steps
     named as '<arm>/s<seed>/step<k>'."""
     clip_bad, teacher_bad, var_bad = [], [], []
-    clip_max_seen, var_fracs, teacher_shares = 0.0, [], []
+    clip_max_seen, var_fracs, teacher_shares, student_var, tiny = 0.0, [], [], [], []
     for arm, per_seed in manifests.items():
         for seed, m in per_seed.items():
             for st in m["steps"][:last_step + 1]:
@@ -133,6 +136,12 @@ def saturation(manifests: dict[str, dict[int, dict[str, Any]]], clip_max: float,
                     if share <= 1e-6:
                         teacher_bad.append(name)
                 var_fracs.append(st["frac_groups_with_variance"])
+                student_var.append(st.get("frac_groups_student_variance", float("nan")))
+                # teacher tokens the student would almost never write (π_θ/π_teacher < 1e-3)
+                n_is = sum(v.get("n", 0) for k, v in u0["ratio"].items() if k.endswith("_is"))
+                if n_is:
+                    tiny.append(sum(v.get("n", 0) * v.get("frac_tiny", 0.0)
+                                    for k, v in u0["ratio"].items() if k.endswith("_is")) / n_is)
                 if st["frac_groups_with_variance"] < variance_min:
                     var_bad.append(name)
     return {"clip_max": clip_max_seen, "clip_bad": clip_bad, "teacher_bad": teacher_bad,
@@ -140,4 +149,7 @@ def saturation(manifests: dict[str, dict[int, dict[str, Any]]], clip_max: float,
             "teacher_share_mean": sum(teacher_shares) / len(teacher_shares) if teacher_shares
             else float("nan"),
             "variance_mean": sum(var_fracs) / max(len(var_fracs), 1), "variance_bad": var_bad,
+            "student_variance_mean": sum(student_var) / max(len(student_var), 1),
+            "teacher_tiny_ratio_mean": sum(tiny) / len(tiny) if tiny else float("nan"),
+            "teacher_tiny_ratio_max": max(tiny) if tiny else float("nan"),
             "n_steps": len(var_fracs)}

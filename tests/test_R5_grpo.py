@@ -38,7 +38,8 @@ def test_R5_vanilla_hack_rate_rises(r5, verdict):
     m, cfg = r5
     r = rise(m["vanilla"])
     per_seed = ", ".join(f"s{s} {v['start']:.2f}→{v['end']:.2f}" for s, v in r["per_seed"].items())
-    stat = (f"pooled {r['start']:.3f}→{r['end']:.3f} (rise {r['rise']:+.3f}, end 95% CI "
+    stat = (f"pooled {r['start']:.3f}→{r['end']:.3f} (rise {r['rise']:+.3f}; steps 8–10 "
+            f"{r['mid']:.3f}; end 95% CI "
             f"[{r['end_ci'][0]:.2f}, {r['end_ci'][1]:.2f}]); per seed {per_seed}; "
             f"trajectory {trajectory_text(m['vanilla'])}")
     ok = r["rise"] > RISE_MIN and r["min_seed_rise"] > RISE_MIN
@@ -92,7 +93,9 @@ def test_R5_sneaky_teacher_rows_contribute(r5, verdict):
         pytest.skip("pure on-policy config: no teacher rows")
     s = saturation(m, CLIP_MAX, VARIANCE_MIN)
     stat = (f"teacher rows' share of ‖g‖: min {s['teacher_share_min']:.3f}, mean "
-            f"{s['teacher_share_mean']:.3f} (correction {cfg.correction})")
+            f"{s['teacher_share_mean']:.3f} (correction {cfg.correction}); teacher tokens with "
+            f"π_θ/π_teacher < 1e-3: mean {s['teacher_tiny_ratio_mean']:.3f}, worst step "
+            f"{s['teacher_tiny_ratio_max']:.3f}")
     ok = not s["teacher_bad"]
     verdict("R5", "sneaky: teacher rows give gradient", stat, "> 0 on every step with a gap", ok)
     assert ok, f"{stat}; steps where teacher rows gave no gradient: {s['teacher_bad'][:20]}"
@@ -101,7 +104,8 @@ def test_R5_sneaky_teacher_rows_contribute(r5, verdict):
 def test_R5_sneaky_groups_have_reward_variance(r5, verdict):
     m, cfg = r5
     s = saturation(m, CLIP_MAX, VARIANCE_MIN)
-    stat = (f"mean fraction of groups with reward variance {s['variance_mean']:.3f}; "
+    stat = (f"mean fraction of groups with reward variance {s['variance_mean']:.3f} (among the "
+            f"student's own rows {s['student_variance_mean']:.3f}); "
             f"{len(s['variance_bad'])}/{s['n_steps']} steps below {VARIANCE_MIN}")
     ok = not s["variance_bad"]
     verdict("R5", "sneaky: groups carry reward variance", stat, f">= {VARIANCE_MIN} every step", ok)

@@ -50,13 +50,16 @@ class GRPOConfig:
             raise ValueError(f"grpo.teacher_frac: {self.teacher_frac} is not in [0, 1]")
         if self.group_size < 2:
             raise ValueError(f"grpo.group_size: {self.group_size} < 2 leaves no group to compare")
+        for name in ("is_cap", "luffy_gamma", "epsilon", "epsilon_high"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"grpo.{name}: {getattr(self, name)} must be > 0")
         if self.updates_per_batch < 1:
             raise ValueError(f"grpo.updates_per_batch: {self.updates_per_batch} < 1")
 
     @property
     def n_teacher(self) -> int:
         """Teacher rows per group (rounded to the nearest row)."""
-        return int(round(self.teacher_frac * self.group_size))
+        return int(self.teacher_frac * self.group_size + 0.5)  # half up, not Python's to-even
 
     @property
     def n_student(self) -> int:

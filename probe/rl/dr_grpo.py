@@ -22,6 +22,7 @@ import torch
 
 from probe.batch import TokenBatch
 
+TINY_RATIO = 1e-3  # a token whose weight is below this gives (almost) no gradient
 RATIO_BINS = (0.0, 0.5, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 2.0, float("inf"))
 
 
@@ -99,12 +100,15 @@ class RatioStats:
     Student rows: ρ = π_θ/π_old. Teacher rows: both π_θ/π_old (what the clip sees, key
     `teacher_*`) and π_θ/π_teacher (the raw importance ratio a truncation would cap, `teacher_*_is`).
     `clip_low`/`clip_high`: fraction of tokens where the clip is active (the token's gradient is
-    zeroed: Â < 0 and ρ < 1−ε, or Â > 0 and ρ > 1+ε_high); `ess`: effective sample size of the
-    ratios as weights, (Σρ)²/(n·Σρ²), in (0, 1].
+    zeroed: Â < 0 and ρ < 1−ε, or Â > 0 and ρ > 1+ε_high); 0 where no clip acts (the `_is`
+    ratios, teacher rows under luffy); `frac_tiny`: fraction below TINY_RATIO (for `_is`: teacher
+    tokens the student would almost never write); `ess`: effective sample size of the ratios as
+    weights, (Σρ)²/(n·Σρ²), in (0, 1].
     """
 
-    def __init__(self, epsilon: float, epsilon_high: float) -> None:
+    def __init__(self, epsilon: float, epsilon_high: float, teacher_clipped: bool = True) -> None:
         self.eps, self.eps_high = epsilon, epsilon_high
+        self.teacher_clipped = teacher_clipped  # False under luffy: no clip acts on teacher rows
         self.acc: dict[str, dict[str, Any]] = {}
         self.edges = torch.tensor(RATIO_BINS[1:-1], dtype=torch.float32)
 
@@ -122,7 +126,8 @@ class RatioStats:
                     v = r[m].cpu()
                     a = self.acc.setdefault(f"{source}_{sign}{suffix}", {
                         "n": 0, "sum": 0.0, "sumsq": 0.0, "min": float("inf"), "max": 0.0,
-                        "hist": [0] * (len(RATIO_BINS) - 1), "n_clip_low": 0, "n_clip_high": 0})
+                        "hist": [0] * (len(RATIO_BINS) - 1), "n_clip_low": 0, "n_clip_high": 0,
+                        "n_tiny": 0})
                     if v.numel() == 0:
                         continue
                     a["n"] += int(v.numel())
@@ -132,6 +137,9 @@ class RatioStats:
                     a["max"] = max(a["max"], float(v.max()))
                     h = torch.bincount(torch.bucketize(v, self.edges), minlength=len(a["hist"]))
                     a["hist"] = [int(p + q) for p, q in zip(a["hist"], h.tolist())]
+                    a["n_tiny"] += int((v < TINY_RATIO).sum())
+                    if suffix or (source == "teacher" and not self.teacher_clipped):
+                        continue  # no clip acts on these ratios: counting one would mislead
                     if sign == "neg":
                         a["n_clip_low"] += int((v < 1 - self.eps).sum())
                     if sign == "pos":
@@ -149,7 +157,7 @@ class RatioStats:
                     merged[key] = {**a, "hist": list(a["hist"])}
                     continue
                 m = merged[key]
-                for k in ("n", "sum", "sumsq", "n_clip_low", "n_clip_high"):
+                for k in ("n", "sum", "sumsq", "n_clip_low", "n_clip_high", "n_tiny"):
                     m[k] += a[k]
                 m["min"], m["max"] = min(m["min"], a["min"]), max(m["max"], a["max"])
                 m["hist"] = [p + q for p, q in zip(m["hist"], a["hist"])]
@@ -164,7 +172,7 @@ class RatioStats:
                 continue
             out[key] = {"n": n, "mean": a["sum"] / n, "min": a["min"], "max": a["max"],
                         "hist": a["hist"], "clip_low": a["n_clip_low"] / n,
-                        "clip_high": a["n_clip_high"] / n,
+                        "clip_high": a["n_clip_high"] / n, "frac_tiny": a["n_tiny"] / n,
                         "ess": a["sum"] ** 2 / (n * max(a["sumsq"], 1e-30))}
         return out
 

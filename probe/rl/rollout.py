@@ -63,15 +63,16 @@ class CachedGrader:
     completions. Real-model completions rarely repeat, so there the cache costs nothing.
     """
 
-    _memo: dict[tuple[Any, str | None, str], Any] = {}
+    _memo: dict[tuple[str, Any, str | None, str], Any] = {}
     MAX_ENTRIES = 200_000
 
-    def __init__(self, grader: Grader) -> None:
+    def __init__(self, grader: Grader, config: Any = None) -> None:
         self.grader = grader
+        self.config_key = repr(config)  # grades under another grader config are other grades
         self.hits = self.misses = 0
 
     def grade_many(self, items: Sequence[tuple[Problem, str, str | None]]) -> list[Any]:
-        keys = [(p.id, ev, text) for p, text, ev in items]
+        keys = [(self.config_key, p.id, ev, text) for p, text, ev in items]
         todo = {k: it for k, it in zip(keys, items) if k not in self._memo}
         if todo:
             if len(self._memo) + len(todo) > self.MAX_ENTRIES:
@@ -104,13 +105,18 @@ def group_stats(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     groups: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(r["group"], []).append(r)
-    var = gap = 0
+    var = gap = student_var = 0
     for g in groups.values():
         rewards = [r["reward"] for r in g]
         var += max(rewards) > min(rewards)
+        own = [r["reward"] for r in g if r["source"] == "student"]
+        student_var += bool(own) and max(own) > min(own)
         t = [r["reward"] for r in g if r["source"] == "teacher"]
         s = [r["reward"] for r in g if r["source"] == "student"]
         gap += bool(t and s) and abs(sum(t) / len(t) - sum(s) / len(s)) > 1e-9
     n = max(len(groups), 1)
     return {"n_groups": len(groups), "frac_groups_with_variance": var / n,
-            "frac_groups_teacher_student_gap": gap / n}
+            "frac_groups_teacher_student_gap": gap / n,
+            # variance among the student's own rows: the mixed groups' variance can come from
+            # the teacher/student gap alone
+            "frac_groups_student_variance": student_var / n}

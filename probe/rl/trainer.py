@@ -62,7 +62,7 @@ def surrogate_grads(adapter: Adapter, rows: Sequence[dict[str, Any]], adv: Seque
     params = adapter.named_params()
     total = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
     teacher = {n: torch.zeros_like(t) for n, t in total.items()}
-    stats = RatioStats(cfg.epsilon, cfg.epsilon_high)
+    stats = RatioStats(cfg.epsilon, cfg.epsilon_high, teacher_clipped=cfg.correction != "luffy")
     records: list[dict[str, Any]] = []
     for i in range(0, len(rows), cfg.micro_batch):
         part, part_adv = rows[i:i + cfg.micro_batch], adv[i:i + cfg.micro_batch]
@@ -118,7 +118,7 @@ def grpo_update_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: list[di
                                                       normaliser, V if u == 0 else None)
         records = recs or records
         for n, p in params.items():
-            p.grad = total[n].to(p.dtype)
+            p.grad = total[n].to(p.dtype, copy=True)  # clipping rescales .grad in place
         info: dict[str, Any] = {
             "update": u, "ratio": stats.summary(), "grad_norm_in": total_norm(total),
             "teacher_grad_norm": total_norm(teacher),

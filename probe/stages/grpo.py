@@ -54,18 +54,19 @@ def teacher_key(cfg: GRPOConfig) -> dict[str, Any]:
     """What the teacher rows depend on: a changed learning rate or arm list reuses them."""
     return {k: getattr(cfg, k) for k in ("problems_per_step", "group_size", "teacher_frac",
                                          "split", "hint", "max_new_tokens", "temperature", "top_p",
-                                         "steps")}
+                                         "steps", "gen_batch_size", "micro_batch")}
 
 
 def grpo_paths(world_ident: dict[str, Any], vhack_key: str, cfg: GRPOConfig,
-               out_dir: str | Path = "out") -> GRPOPaths:
-    """Keyed by everything that determines the artifacts: the world, v_hack's stage key and the
-    config (not the arm and seed lists: adding an arm or a seed extends a run, it does not start
-    a new one)."""
+               out_dir: str | Path = "out", grader: GraderConfig | None = None) -> GRPOPaths:
+    """Keyed by everything that determines the artifacts: the world, v_hack's stage key, the
+    grader (rewards, limits) and the config (not the arm and seed lists: adding an arm or a seed
+    extends a run, it does not start a new one)."""
     base = Path(out_dir) / "probe_grpo"
+    grader = grader or GraderConfig()
     run_cfg = replace(cfg, arms=(), seeds=(), tensorboard=True)  # none of these change an artifact
-    return GRPOPaths(base / config_hash(world_ident, vhack_key, run_cfg),
-                     base / "teacher_rows" / config_hash(world_ident, teacher_key(cfg)))
+    return GRPOPaths(base / config_hash(world_ident, vhack_key, run_cfg, grader),
+                     base / "teacher_rows" / config_hash(world_ident, teacher_key(cfg), grader))
 
 
 def normaliser(world: World, cfg: GRPOConfig) -> float:
@@ -89,7 +90,7 @@ def ensure_teacher_rows(world: World, cfg: GRPOConfig, paths: GRPOPaths, seed: i
     if todo and n_rows:
         teacher = world.load_teacher(device)
         with Grader(grader_config) as raw_grader:
-            grader = CachedGrader(raw_grader)
+            grader = CachedGrader(raw_grader, grader_config)
             for s in todo:
                 rows = policy_rows(teacher, world, step_problems(problems, cfg, seed, s),
                                    cfg.n_teacher, "teacher", cfg, seed * 1_000_003 + s, s, grader)
@@ -156,9 +157,10 @@ def _overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, seed: int,
                  V: dict[str, dict[str, torch.Tensor]], *, rank: int | None = None,
                  device: str = "cpu", grader_config: GraderConfig | None = None,
-                 vhack: VHackConfig | None = None) -> dict[str, Any]:
-    """Train one arm of one seed for `cfg.steps` steps (resuming); returns its manifest. `vhack`:
-    how the refreshed arm re-extracts v_hack (the same pairs and settings as the original)."""
+                 vhack: VHackConfig | None = None, pair_hint: str | None = None) -> dict[str, Any]:
+    """Train one arm of one seed for `cfg.steps` steps (resuming); returns its manifest. `vhack`
+    and `pair_hint` (the hint v_hack's pairs were rendered with; default `cfg.hint`): how the
+    refreshed arm re-extracts v_hack, with the same pairs and settings as the original."""
     vhack = vhack or VHackConfig()
     stage = paths.arm(arm.name, seed)
     try:
@@ -174,12 +176,13 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, 
     start, summaries, v_ref = _resume(stage, adapter, opt, cfg.steps)
     V = {kind: {n: t.to(device) for n, t in v.items()} for kind, v in V.items()}
     V["refreshed"] = {n: t.to(device) for n, t in (v_ref or V["nll"]).items()}
-    pairs = world.contrastive_pairs("train", cfg.hint, seed=vhack.seed) if arm.refresh else []
+    pairs = (world.contrastive_pairs("train", pair_hint or cfg.hint, seed=vhack.seed)
+             if arm.refresh else [])
     pad = pad_id(world.tokenizer)
     problems = world.problems(cfg.split)
     norm = normaliser(world, cfg)
     with Grader(grader_config) as raw_grader:
-        grader = CachedGrader(raw_grader)
+        grader = CachedGrader(raw_grader, grader_config)
         tracker = StepTracker(stage, enabled=cfg.tensorboard)
         bar = tqdm(range(start, cfg.steps), desc=f"grpo {arm.name} seed {seed}", leave=False)
         for s in bar:
@@ -230,7 +233,7 @@ def jobs(cfg: GRPOConfig) -> list[tuple[str, int]]:
 def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
                 V: dict[str, dict[str, torch.Tensor]], *, device: str = "cpu",
                 grader_config: GraderConfig | None = None, rank: int | None = None,
-                vhack: VHackConfig | None = None,
+                vhack: VHackConfig | None = None, pair_hint: str | None = None,
                 only: Iterable[tuple[str, int]] | None = None) -> GRPOPaths:
     """Every (arm, seed) of the config, each under its own lock: parallel callers (xdist workers)
     take the jobs nobody holds first, then wait for the rest; no job is computed twice."""
@@ -247,7 +250,8 @@ def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
     _each_once([(str(paths.arm(arm, seed)) + ".lock",
                  lambda arm=arm, seed=seed: run_grpo_arm(
                      world, cfg, paths, get_arm(arm), seed, V, rank=rank, device=device,
-                     grader_config=grader_config, vhack=vhack or VHackConfig()))
+                     grader_config=grader_config, vhack=vhack or VHackConfig(),
+                     pair_hint=pair_hint))
                 for arm, seed in todo])
     return paths
 
@@ -277,6 +281,7 @@ def run_grpo(world: World, cfg: Any, phase1_paths: Any, out_dir: str | Path = "o
     from probe.stages.phase1 import ensure_vhack, stage_keys, world_identity
 
     V = ensure_vhack(world, cfg, phase1_paths, device)
-    paths = grpo_paths(world_identity(world), stage_keys(world, cfg)["v_hack"], cfg.grpo, out_dir)
+    paths = grpo_paths(world_identity(world), stage_keys(world, cfg)["v_hack"], cfg.grpo, out_dir,
+                       cfg.grader)
     return ensure_grpo(world, cfg.grpo, paths, V, device=device, grader_config=cfg.grader,
-                       rank=cfg.replay.rank, vhack=cfg.vhack)
+                       rank=cfg.replay.rank, vhack=cfg.vhack, pair_hint=cfg.pool.hint)

@@ -83,6 +83,10 @@ def test_R5_ratio_stats_count_clipped_tokens_by_sign():
     assert s["student_pos"]["n"] == 2 and s["student_pos"]["clip_high"] == 0.5  # ρ = 1.5 and 1
     assert s["teacher_neg"]["n"] == 2 and s["teacher_neg"]["clip_low"] == 0.5  # ρ = 0.5 and 1
     assert s["teacher_neg_is"]["mean"] == pytest.approx((0.25 + 0.5) / 2)  # raw π_θ/π_teacher
+    assert s["teacher_neg_is"]["clip_low"] == 0  # no clip acts on the raw importance ratio
+    luffy = RatioStats(0.2, 0.2, teacher_clipped=False)
+    luffy.add(logp, x)
+    assert luffy.summary()["teacher_neg"]["clip_low"] == 0  # luffy: teacher rows are never clipped
     assert s["student_neg"]["n"] == 0
     assert clip_fraction(s) == pytest.approx(2 / 4)
     assert sum(s["student_pos"]["hist"]) == 2
@@ -203,7 +207,8 @@ def test_R5_saturation_names_the_failing_steps():
 
     def step(k, clip, var, share):
         return {"step": k, "updates": [{"clip_frac": clip, "teacher_grad_norm": share,
-                                        "grad_norm_in": 1.0}],
+                                        "grad_norm_in": 1.0,
+                                        "ratio": {"teacher_pos_is": {"n": 10, "frac_tiny": 0.3}}}],
                 "teacher": {"n": 4}, "frac_groups_teacher_student_gap": 1.0,
                 "frac_groups_with_variance": var}
 
@@ -211,3 +216,4 @@ def test_R5_saturation_names_the_failing_steps():
     s = saturation(m, clip_max=0.2, variance_min=0.9)
     assert s["clip_bad"] == ["vanilla/s1/step1"] and s["variance_bad"] == ["vanilla/s1/step1"]
     assert s["teacher_bad"] == ["vanilla/s1/step1"] and s["clip_max"] == 0.5
+    assert s["teacher_tiny_ratio_mean"] == pytest.approx(0.3)

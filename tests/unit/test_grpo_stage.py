@@ -158,8 +158,16 @@ def test_R5_resume_after_kill_gives_the_same_run(tiny_grpo, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ensure_grpo(world, cfg, fresh, V, grader_config=GRADER)
     assert not (fresh.arm("projected", 5) / "manifest.json").exists()
-    monkeypatch.setattr(grpo, "grpo_update_step", real)
+    after = {"n": 0}
+
+    def counted(*a, **kw):
+        after["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(grpo, "grpo_update_step", counted)
     ensure_grpo(world, cfg, fresh, V, grader_config=GRADER)
+    # it resumed: only the step that was killed ran again (a restart from 0 would also match)
+    assert after["n"] == cfg.steps - 2
     for s in range(cfg.steps):
         a = _rows(fresh, "projected", s)
         b = _rows(paths, "projected", s)
