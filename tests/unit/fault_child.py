@@ -159,11 +159,13 @@ def main(argv: list[str]) -> int:
 
     install(Faults(out))
     fake_labels()
-    common = ["--world", world, *PHASE1_FLAGS]
+    # the GRPO flags for `probe run` too: the run's config.json holds the whole resolved config
+    # (last writer wins), so every command of the test resolves the same one
+    common = ["--world", world, *PHASE1_FLAGS, *GRPO_FLAGS]
     rc = probe(["--out", str(out), "run", *common])
     if rc or phase1_only:
         return rc
-    return probe(["--out", str(out), "grpo", *common, *GRPO_FLAGS])
+    return probe(["--out", str(out), "grpo", *common])
 
 
 def serve() -> int:
