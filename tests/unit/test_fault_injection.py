@@ -265,7 +265,8 @@ class Reference:
     events: list[str]
     snap: dict[str, str]
     stats: str
-    waiter: Child  # the second `probe run`, started while the first held the lock
+    waiter_events: Path  # the second `probe run`, started while the first held the lock
+    waiter_log: Path
     seconds: float
 
 
@@ -281,7 +282,22 @@ def _stage(label: str) -> str:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Reference:
-    tmp = tmp_path_factory.mktemp("fault_ref")
+    """Made once per test run, whichever xdist worker comes first (the others wait and read it)."""
+    from filelock import FileLock
+
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+    tmp = tmp_path_factory.getbasetemp().parent / f"fault_reference-{run_id}"
+    tmp.mkdir(exist_ok=True)
+    with FileLock(str(tmp) + ".lock"):
+        done = tmp / "reference.json"
+        if not done.exists():
+            done.write_text(json.dumps(_make_reference(tmp), default=str))
+    ref = json.loads(done.read_text())
+    return Reference(**{k: Path(v) if k in ("world", "out", "waiter_events", "waiter_log")
+                        else v for k, v in ref.items()})
+
+
+def _make_reference(tmp: Path) -> dict[str, Any]:
     world = make_tiny_world(tmp / "world")
     spec = tmp / "world.json"
     spec.write_text(json.dumps(asdict(world.config)))
@@ -297,8 +313,9 @@ def reference(tmp_path_factory) -> Reference:
         assert first.wait() == 0, first.text()
         seconds = time.perf_counter() - t0
         assert second.wait() == 0, second.text()
-        return Reference(spec, out, first.lines(), snapshot(out), verdict_stats(out), second,
-                         seconds)
+        return {"world": spec, "out": out, "events": first.lines(), "snap": snapshot(out),
+                "stats": verdict_stats(out), "waiter_events": second.events,
+                "waiter_log": second.log, "seconds": seconds}
     finally:
         kids.kill_all()
 
@@ -306,7 +323,7 @@ def reference(tmp_path_factory) -> Reference:
 def test_concurrent_probe_run_waits_and_redoes_nothing(reference: Reference):
     """A second `probe run` on the same out/ while the first is working waits for it (and says
     so), then finds every stage complete: it writes no step file, checkpoint or tensor."""
-    waiter = reference.waiter
+    waiter = Child(reference.waiter_events, reference.waiter_log)
     assert "waiting for it" in waiter.text() and "probe_distill.lock" in waiter.text()
     written = {ln.split("/")[-1] for ln in waiter.lines() if ln.startswith("A:")}
     assert written <= {"config.json", "LATEST", "stage_key.txt"}, written
