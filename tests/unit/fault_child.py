@@ -19,6 +19,7 @@ $FAULT_KILL = "<anchor>|<offset>|<mode>": at the `offset`-th event after the fir
 `anchor` (0: the anchor itself), mode `kill` SIGKILLs this process group, `mid` first cuts the
 temp file to half (a write cut short, where the event is a B:), `enospc` raises
 OSError(ENOSPC) there instead (where the event is a B:). The event that fired is logged as `K:...`.
+$FAULT_HOLD = "<event>", $FAULT_RELEASE = path: pause at the first such event until the path exists.
 $FAULT_PIDS: the sandbox zygotes' pids (own sessions, so not in the killed group) are appended
 there, so the test can check they exit by themselves and reap any that does not.
 """
@@ -28,6 +29,7 @@ import errno
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,8 @@ class Faults:
         self.anchor, offset, self.mode = spec.split("|") if spec else (None, "0", "kill")
         self.offset = int(offset)
         self.after: int | None = None  # events since the anchor
+        self.hold = os.environ.get("FAULT_HOLD")
+        self.release = os.environ.get("FAULT_RELEASE", "")
 
     def log(self, line: str) -> None:
         if self.fd is not None:
@@ -65,6 +69,10 @@ class Faults:
 
     def event(self, name: str, tmp: str | None = None) -> None:
         self.log(name)
+        if name == self.hold:  # pause (once) until the test says go: a run caught mid-stage
+            self.hold = None
+            while not os.path.exists(self.release):
+                time.sleep(0.02)
         if self.anchor is None:
             return
         if self.after is None and name == self.anchor:

@@ -1,17 +1,23 @@
 """Kill -9 anywhere, resume, same result (issue 14 §2); concurrent runs; a full or read-only out/.
 
-The tiny run (`probe run` then `probe grpo`, tests/unit/fault_child.py) goes in a subprocess, in its
-own session. A reference run goes uninterrupted, with a second `probe run` started on the same out/
-while it works. Then a chain of runs on a fresh out/: each one SIGKILLs its whole process group at a
-chosen event (an atomic write done but not renamed, half-written, renamed; an optimizer step that
-changed the parameters in memory; a grading batch under way) picked at random, several per stage,
-and the next one resumes; a last one runs to the end. Its artifacts must equal the reference's:
-every step file row for row, every manifest minus timestamps and durations, v_hack and δS
-bit for bit, the checkpoints (δS, AdamW state, summaries) and the verdict statistics of
-probe.checks / probe.checks_grpo.
+The tiny run (`probe run` then `probe grpo` on tests/unit/tiny_world.py, driven by
+tests/unit/fault_child.py, which installs the fault hooks in the child only) goes in child
+processes, each in its own session. A reference run goes uninterrupted, with a second `probe run`
+started on the same out/ while it works (it must wait, then redo nothing). Then a chain of runs on a
+fresh out/: each SIGKILLs its whole process group at a chosen event (an artifact written to its temp
+file but not renamed, cut to half, or renamed; an optimizer step that has just changed the
+parameters in memory; a grading batch under way), two per stage at random, spread over each stage,
+plus one run that fails on an (injected) full disk; the next run resumes, and a last one runs to the
+end. Its artifacts must equal the reference's: every step file row for row, every manifest minus
+timestamps, durations and per-process cache counters, v_hack and δS tensors, the checkpoints (δS,
+AdamW state, summaries) and the verdict statistics of probe.checks / probe.checks_grpo. Finally a
+real tmpfs, filled up and then remounted read-only in a private mount namespace, must give a clear
+error and lose nothing.
 
-Heavier than most unit tests (about a dozen short interpreter starts); FAULT_KILLS_PER_STAGE
-(default 2) and FAULT_SEED (default 0) choose how many kills and where.
+HEAVIER than the rest of the unit tier: about 2.5 minutes on the idle 2-core machine (the
+reference run ~40 s, the chain of ~18 runs ~70 s through a fork server that imports torch once,
+the tmpfs runs ~15 s). FAULT_KILLS_PER_STAGE (default 2) and FAULT_SEED (default 0) choose how
+many kills and where.
 """
 from __future__ import annotations
 
@@ -54,6 +60,12 @@ def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env.pop("FAULT_KILL", None)
+    # Identical results, not close ones, need one intra-op thread and MKL's conditional numerical
+    # reproducibility. Without them, under xdist, a projection diagnostic (signed_in, a float32
+    # dot product `g @ v0` in probe.project) of the reference and of the resumed run differed in
+    # the 7th digit while δS, the AdamW state and every row were identical: MKL's dot product
+    # rounds by memory alignment, which differs between processes. Not a resume defect.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MKL_CBWR="COMPATIBLE")
     return {**env, **extra}
 
 
@@ -96,9 +108,12 @@ class Children:
         return events, log, extra
 
     def spawn(self, world: Path, out: Path, *args: str, kill: str | None = None,
-              cmd: list[str] | None = None) -> Child:
-        """A fresh interpreter (a run beside another, or under `cmd`)."""
+              cmd: list[str] | None = None, hold: tuple[str, Path] | None = None) -> Child:
+        """A fresh interpreter (a run beside another, or under `cmd`); `hold`: (event, file):
+        pause at that event until the file exists."""
         events, log, extra = self._files(kill)
+        if hold:
+            extra.update(FAULT_HOLD=hold[0], FAULT_RELEASE=str(hold[1]))
         with log.open("wb") as fh:
             proc = subprocess.Popen(cmd or [sys.executable, str(CHILD), str(world), str(out), *args],
                                     stdout=fh, stderr=subprocess.STDOUT, env=_env(**extra),
@@ -305,11 +320,19 @@ def _make_reference(tmp: Path) -> dict[str, Any]:
     try:
         out = tmp / "out"
         t0 = time.perf_counter()
-        first = kids.spawn(spec, out)
-        while not any(ln.startswith("A:") for ln in first.lines()):  # it holds the lock
+        # the first run stops at its first teacher step (holding the lock) until the second
+        # says it is waiting for that lock
+        release = tmp / "release"
+        first = kids.spawn(spec, out, hold=("G", release))
+        while "G" not in first.lines():
             assert first.proc.poll() is None, first.text()
             time.sleep(0.05)
         second = kids.spawn(spec, out, "phase1")
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while "waiting for it" not in second.text() and time.monotonic() < deadline:
+            assert second.proc.poll() is None, second.text()
+            time.sleep(0.05)
+        release.touch()
         assert first.wait() == 0, first.text()
         seconds = time.perf_counter() - t0
         assert second.wait() == 0, second.text()
@@ -374,14 +397,16 @@ def plan(events: list[str], per_stage: int, rng: random.Random) -> list[Fault]:
     return sorted(faults, key=lambda f: f.ref_index)
 
 
-def _in_progress(child: Child, at: str) -> str:
+def _in_progress(child: Child, at: str, ref: list[str]) -> str:
     """The stage a kill interrupted: that of the commit it hit or, for an optimizer step or a
-    grading batch, of the last commit before it."""
+    grading batch, of the reference's next commit after the last one this run made."""
     if at[:2] in ("A:", "B:"):
         return _stage(at)
-    commits = [ln for ln in child.lines() if ln[:2] in ("A:", "B:")
-               and not ln.endswith(("config.json", "LATEST", "stage_key.txt"))]
-    return _stage(commits[-1]) if commits else "start"
+    skip = ("config.json", "LATEST", "stage_key.txt")
+    last = [ln for ln in child.lines() if ln[:2] == "A:" and ref.count(ln) == 1]
+    start = ref.index(last[-1]) + 1 if last else 0
+    nxt = [e for e in ref[start:] if e[:2] == "A:" and not e.endswith(skip)]
+    return _stage(nxt[0]) if nxt else "end"
 
 
 def _fired(child: Child) -> str | None:
@@ -419,7 +444,7 @@ def test_kill_anywhere_then_resume_gives_the_same_result(reference: Reference, c
         else:
             assert rc == -signal.SIGKILL, f"{fault}: rc {rc}\n{child.text()[-3000:]}"
             mode = fault.mode if at.startswith("B:") else "kill"  # `mid` cuts a temp file short
-            killed.append((mode, at, _in_progress(child, at)))
+            killed.append((mode, at, _in_progress(child, at, reference.events)))
         assert not _wait_zygotes_gone(children), "a sandbox zygote outlived its killed parent"
         progress = max([ref_index.get(ln, -1) for ln in child.lines()] + [progress])
     last = children.run(reference.world, out)
