@@ -14,10 +14,10 @@ AdamW state, summaries) and the verdict statistics of probe.checks / probe.check
 real tmpfs, filled up and then remounted read-only in a private mount namespace, must give a clear
 error and lose nothing.
 
-HEAVIER than the rest of the unit tier: about 2.5 minutes on the idle 2-core machine (the
-reference run ~40 s, the chain of ~18 runs ~70 s through a fork server that imports torch once,
-the tmpfs runs ~15 s). FAULT_KILLS_PER_STAGE (default 2) and FAULT_SEED (default 0) choose how
-many kills and where.
+HEAVIER than the rest of the unit tier: about 80 s on the 2-core machine (the reference run, the
+chain of 18 runs through a fork server that imports torch once, the tmpfs runs; children use one
+intra-op thread). FAULT_KILLS_PER_STAGE (default 2) and FAULT_SEED (default 0) choose how many
+kills and where.
 """
 from __future__ import annotations
 
