@@ -4,15 +4,51 @@ any key as a dotted flag (`--pool.steps 3 --replay.lr 0.01`); see probe.config."
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     from probe.config import ExperimentConfig
     from probe.stages.phase1 import Phase1Paths
     from probe.world.base import World
+
+
+log = logging.getLogger("probe.cli")
+
+# the lock the pytest fixtures (conftest.py) take around every Phase 1 stage, so `probe run`,
+# `probe replay` and `pytest -m uat` on one out/ exclude each other too
+PHASE1_LOCK = "probe_distill.lock"
+
+
+@contextlib.contextmanager
+def phase1_lock(out: str | Path) -> Iterator[None]:
+    """Hold `<out>/probe_distill.lock` while Phase 1 stages are made: a second `probe run` on the
+    same out/ waits (saying so) and then finds the stages complete, instead of writing beside the
+    first. (GRPO arm jobs are split between processes by their own locks in probe.stages.grpo.)"""
+    from filelock import FileLock, Timeout
+
+    from probe.io import write_error
+
+    path = Path(out) / PHASE1_LOCK
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("another probe process is making Phase 1 stages in %s (lock %s): waiting "
+                        "for it; its finished stages are then read, not redone", out, path)
+            lock.acquire()
+    except OSError as e:  # a read-only or full out/: say so, naming the path
+        raise write_error(path, e.errno, e.strerror or str(e)) from e
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _device(arg: str) -> str:
@@ -55,8 +91,9 @@ def _stage_setup(a: argparse.Namespace) -> tuple[World, ExperimentConfig, Phase1
 def cmd_run(a: argparse.Namespace) -> int:
     from probe.stages.phase1 import run_phase1
 
-    world, cfg, paths, device = _stage_setup(a)
-    run_phase1(world, cfg, a.out, device=device, arms=cfg.arms, paths=paths)
+    with phase1_lock(a.out):
+        world, cfg, paths, device = _stage_setup(a)
+        run_phase1(world, cfg, a.out, device=device, arms=cfg.arms, paths=paths)
     sys.stdout.write(f"{paths.root}\n")
     return 0
 
@@ -64,8 +101,9 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_pool(a: argparse.Namespace) -> int:
     from probe.stages.phase1 import ensure_pool
 
-    world, cfg, paths, device = _stage_setup(a)
-    ensure_pool(world, cfg, paths, device)
+    with phase1_lock(a.out):
+        world, cfg, paths, device = _stage_setup(a)
+        ensure_pool(world, cfg, paths, device)
     sys.stdout.write(f"{paths.pool}\n")
     return 0
 
@@ -73,8 +111,9 @@ def cmd_pool(a: argparse.Namespace) -> int:
 def cmd_vhack(a: argparse.Namespace) -> int:
     from probe.stages.phase1 import ensure_vhack
 
-    world, cfg, paths, device = _stage_setup(a)
-    ensure_vhack(world, cfg, paths, device)
+    with phase1_lock(a.out):
+        world, cfg, paths, device = _stage_setup(a)
+        ensure_vhack(world, cfg, paths, device)
     sys.stdout.write(f"{paths.vhack}\n")
     return 0
 
@@ -82,17 +121,21 @@ def cmd_vhack(a: argparse.Namespace) -> int:
 def cmd_replay(a: argparse.Namespace) -> int:
     from probe.stages.phase1 import ensure_arm
 
-    world, cfg, paths, device = _stage_setup(a)
-    for arm in a.arm or cfg.arms:
-        ensure_arm(world, cfg, paths, arm, device)
-        sys.stdout.write(f"{paths.arm(arm)}\n")
+    with phase1_lock(a.out):
+        world, cfg, paths, device = _stage_setup(a)
+        for arm in a.arm or cfg.arms:
+            ensure_arm(world, cfg, paths, arm, device)
+            sys.stdout.write(f"{paths.arm(arm)}\n")
     return 0
 
 
 def cmd_grpo(a: argparse.Namespace) -> int:
     from probe.stages.grpo import run_grpo
+    from probe.stages.phase1 import ensure_vhack
 
-    world, cfg, paths, device = _stage_setup(a)
+    with phase1_lock(a.out):  # v_hack is a Phase 1 stage; the arm jobs lock themselves
+        world, cfg, paths, device = _stage_setup(a)
+        ensure_vhack(world, cfg, paths, device)
     out = run_grpo(world, cfg, paths, a.out, device)
     sys.stdout.write(f"{out.root}\n")
     return 0
@@ -149,12 +192,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from probe.config import ConfigError
+    from probe.io import OutputWriteError, write_error
 
     try:
         return a.fn(a)
     except (ConfigError, FileNotFoundError) as e:  # a bad config or path: the message, no trace
         sys.stderr.write(f"probe {a.cmd}: {e}\n")
         return 2
+    except OutputWriteError as e:  # out/ full or read-only: what and where, no trace
+        sys.stderr.write(f"probe {a.cmd}: {e.strerror}\n")
+        return 3
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        sys.stderr.write(f"probe {a.cmd}: {write_error(e.filename, e.errno, e.strerror).strerror}\n")
+        return 3
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from probe.world.base import World
 
 log = logging.getLogger(__name__)
 
+PER_PROCESS = ("uids", "uid_value", "memory_cgroup", "memory_events")  # grader capabilities
 ROW_FIELDS = ("problem_id", "step", "index", "policy", "prompt_ids", "completion_ids", "label",
               "hacked", "hack_attempt", "gt_pass", "reward", "completion_len")
 
@@ -113,7 +114,9 @@ def run_teacher_pool(world: World, cfg: PoolConfig, stage_dir: Path, device: str
             if not valid_step(step_path(stage_dir, s), ROW_FIELDS, n_rows)]
     merge_report = None
     with Grader(grader_config) as grader:
-        isolation = {k: v for k, v in grader.capabilities.items() if k != "uids"}
+        # what isolation was granted, not which uid or cgroup this process happened to get: a
+        # resumed or concurrent run must write the same manifest
+        isolation = {k: v for k, v in grader.capabilities.items() if k not in PER_PROCESS}
         if todo:
             log.info("teacher pool: generating %d of %d steps into %s", len(todo), cfg.steps, stage_dir)
             teacher = world.load_teacher(device)
