@@ -49,3 +49,20 @@ def grad_fidelity(world: World, rows: Sequence[dict[str, Any]], pad: int, device
     rel = (run - ref).norm(dim=1) / ref.norm(dim=1).clamp(min=1e-30)
     return {**out, "min_cos": float(cos.min()), "mean_cos": float(cos.mean()),
             "max_rel_l2": float(rel.max()), "reference": "float32 recomputation"}
+
+
+def ensure_fidelity(world: World, arm_dir: Any, pool_dir: Any, device: str = "cpu",
+                    rank: int | None = None) -> dict[str, Any]:
+    """The vanilla replay's fidelity record; a replay made before the check existed gets it added
+    to its manifest (computed from the pool's first step at δS = 0, as a fresh replay does)."""
+    from pathlib import Path
+
+    from probe.artifacts import read_manifest, read_rows, step_path, write_manifest
+    from probe.encoding import pad_id
+
+    manifest = read_manifest(Path(arm_dir))
+    if manifest.get("fidelity") is None:
+        rows = read_rows(step_path(Path(pool_dir), 0), ("prompt_ids", "completion_ids"))
+        manifest["fidelity"] = grad_fidelity(world, rows, pad_id(world.tokenizer), device, rank)
+        write_manifest(Path(arm_dir), manifest)
+    return manifest["fidelity"]

@@ -65,3 +65,18 @@ def test_bad_dtype_in_a_world_table_names_key_and_file(tmp_path):
                     'dtype = "fp8"\n')
     with pytest.raises(ConfigError, match=rf"{path}: world.dtype: 'fp8' is not one of"):
         load_config(path)
+
+
+def test_a_replay_cached_before_the_check_gets_its_fidelity_record(tmp_path):
+    from probe.artifacts import read_manifest, step_path, write_manifest, write_rows
+    from probe.fidelity import ensure_fidelity
+
+    world = RealWorld(replace(make_tiny_world(tmp_path / "w").config, dtype="bfloat16"), name="t")
+    tok = world.tokenizer
+    pool, arm = tmp_path / "pool", tmp_path / "vanilla_seed41"
+    write_rows(step_path(pool, 0), [{"prompt_ids": tok("def f(x):")["input_ids"],
+                                     "completion_ids": tok(" return x")["input_ids"]}])
+    write_manifest(arm, {"arm": "vanilla", "steps": []})
+    f = ensure_fidelity(world, arm, pool)
+    assert f["dtype"] == "torch.bfloat16" and f["n_rows"] == 1 and f["min_cos"] < 1.0
+    assert read_manifest(arm)["fidelity"] == f and read_manifest(arm)["arm"] == "vanilla"
