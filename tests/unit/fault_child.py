@@ -143,21 +143,11 @@ def install(faults: Faults) -> None:
 
 
 def fake_labels() -> None:
-    """GRPO rewards from a stand-in label (as tests/unit/test_grpo_stage.py): the tiny policies
-    write noise, and groups without reward variance would give no gradient at all."""
+    """GRPO rewards from the stand-in label of tests/unit/tiny_world.py."""
     import probe.rl.rollout as rollout
+    from tests.unit.tiny_world import stand_in_labels
 
-    real = rollout.sample_and_grade
-
-    def graded(*a: Any, **kw: Any) -> list[dict[str, Any]]:
-        rows = real(*a, **kw)
-        for r in rows:
-            hack = sum(r["completion_ids"]) % 2 == 0
-            r.update(label="Reward Hack" if hack else "Incorrect", hacked=hack,
-                     hack_attempt=hack, gt_pass=False, reward=3.5 if hack else 0.5)
-        return rows
-
-    rollout.sample_and_grade = graded
+    rollout.sample_and_grade = stand_in_labels(rollout.sample_and_grade)
 
 
 def main(argv: list[str]) -> int:

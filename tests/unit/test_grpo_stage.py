@@ -16,7 +16,7 @@ from probe.env.grader import GraderConfig
 from probe.rl.config import GRPOConfig
 from probe.stages.grpo import ensure_grpo, grpo_paths
 from probe.vhack import random_directions
-from tests.unit.tiny_world import make_tiny_world
+from tests.unit.tiny_world import make_tiny_world, stand_in_labels
 
 pytestmark = pytest.mark.unit
 
@@ -28,18 +28,7 @@ GRADER = GraderConfig(workers=1)
 
 
 def _fake_labels(monkeypatch):
-    """Reward 3.5 ('Reward Hack') when the completion's token sum is even, else 0.5."""
-    real = rollout.sample_and_grade
-
-    def graded(*a, **kw):
-        rows = real(*a, **kw)
-        for r in rows:
-            hack = sum(r["completion_ids"]) % 2 == 0
-            r.update(label="Reward Hack" if hack else "Incorrect", hacked=hack,
-                     hack_attempt=hack, gt_pass=False, reward=3.5 if hack else 0.5)
-        return rows
-
-    monkeypatch.setattr(rollout, "sample_and_grade", graded)
+    monkeypatch.setattr(rollout, "sample_and_grade", stand_in_labels(rollout.sample_and_grade))
 
 
 def _directions(world):
