@@ -45,6 +45,12 @@ from tests.unit.tiny_world import make_tiny_world
 
 pytestmark = pytest.mark.unit
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpu_exclusive(cpu_exclusive: None) -> None:
+    """Its runs grade real code and load both cores: never beside the modules whose labels sit
+    near a CPU-time limit (tests/unit/conftest.py says why)."""
+
 ROOT = Path(__file__).resolve().parents[2]
 CHILD = Path(__file__).with_name("fault_child.py")
 # wall-clock facts, per-process cache counters, and the checkout (it may change while this runs)
