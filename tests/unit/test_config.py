@@ -14,7 +14,8 @@ import pytest
 
 from probe.config import (RULES, ConfigError, ExperimentConfig, leaf_keys, load_config,
                           parse_assignments, parse_value, read_toml)
-from probe.stages.phase1 import Phase1Config, run_paths
+from probe.layout import run_paths
+from probe.stages.phase1 import Phase1Config
 from probe.world.real import RealWorldConfig
 
 pytestmark = pytest.mark.unit
