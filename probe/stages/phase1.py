@@ -21,7 +21,7 @@ from probe.artifacts import (ArtifactError, config_hash, point_latest, provenanc
                              write_manifest)
 from probe.env.grader import GraderConfig
 from probe.io import atomic_write_text
-from probe.layout import Phase1Paths, phase1_sections, run_paths, world_identity
+from probe.layout import Phase1Paths, run_paths, world_identity
 from probe.stages.evaluate import EvalConfig, evaluate_policy
 from probe.stages.pool import PoolConfig, run_teacher_pool
 from probe.stages.replay import ReplayConfig, run_replay
