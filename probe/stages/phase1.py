@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Phase1Config:
+    """The sections that key a Phase 1 run: a new section is also named in
+    `probe.layout.PHASE1_SECTIONS` (tests/unit/test_layout.py holds the two equal)."""
+
     pool: PoolConfig = field(default_factory=PoolConfig)
     vhack: VHackConfig = field(default_factory=VHackConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
