@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.stats import fisher_exact
 
+from probe.arms import REPLAY_ARMS, control_arms
 from probe.artifacts import ArtifactError, read_manifest, read_rows, read_stage
-from probe.stages.phase1 import Phase1Paths
-from probe.stages.replay import ARMS
+from probe.layout import Phase1Paths, load_paths  # noqa: F401  (load_paths: re-exported)
 from probe.stats import (caliper_match, correlation, length_residualised, min_detectable_decrease,
                          welch_greater)
 
@@ -195,7 +194,7 @@ def _problem_means(pure: list[dict[str, Any]], combo: list[dict[str, Any]],
 def behaviour(paths: Phase1Paths) -> dict[str, Any]:
     """Student hack / correct rates at the start (δS = 0) and after each arm."""
     out = {"start": json.loads(paths.student_start.read_text())}
-    for arm in ARMS:
+    for arm in REPLAY_ARMS:
         try:
             out[arm] = read_manifest(paths.arm(arm)).get("student_end")
         except ArtifactError:
@@ -232,9 +231,9 @@ def behaviour_stats(paths: Phase1Paths, alpha: float = 0.05, power: float = 0.8
     out["power"], out["alpha"] = power, alpha
     out["fisher_p"] = fewer_hacks("vanilla", "projected")
     out["mdd_vanilla_vs_projected"] = mdd("vanilla", "projected")
-    for control in ("random", "shuffled"):
-        out[f"specific_vs_{control}_p"] = fewer_hacks(f"projected_{control}", "projected")
-        out[f"mdd_{control}_vs_projected"] = mdd(f"projected_{control}", "projected")
+    for control, arm in control_arms("replay").items():
+        out[f"specific_vs_{control}_p"] = fewer_hacks(arm.name, "projected")
+        out[f"mdd_{control}_vs_projected"] = mdd(arm.name, "projected")
     return out
 
 
@@ -285,10 +284,3 @@ def invalid_control_note(alignment: dict[str, Any]) -> str:
     return (f"INVALID CONTROL: cos with v_hack mean {alignment['mean_cos']:+.3f} (max "
             f"{alignment['mean_cos_max']:.3f}), per-module RMS {alignment['rms_overlap']:.3f} (max "
             f"{alignment['rms_overlap_max']:.3f}; random V ≈ {alignment['random_null_rms']:.3f}); ")
-
-
-def load_paths(root: str | Path, seed: int | None = None) -> Phase1Paths:
-    """Phase1Paths of an existing run directory (e.g. out/probe_distill/latest)."""
-    root = Path(root).resolve()
-    cfg = read_manifest(root, name="config.json")["config"]
-    return Phase1Paths(root, seed if seed is not None else cfg["replay"]["seed"])

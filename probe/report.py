@@ -12,11 +12,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from probe.arms import REPLAY_ARMS  # noqa: E402
 from probe.artifacts import ArtifactError, read_manifest  # noqa: E402
 from probe.checks import (behaviour, behaviour_stats, control_stats, r1_stats,  # noqa: E402
                           r2_stats, r3_stats, r4_stats, r7_stats, replay_rows)
+from probe.layout import Phase1Paths  # noqa: E402
 from probe.report_grpo import r5_section  # noqa: E402
-from probe.stages.phase1 import Phase1Paths  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def plot_cosines(paths: Phase1Paths, out: Path) -> list[str]:
 
 def plot_behaviour(beh: dict[str, Any], out: Path) -> list[str]:
     labels, hack, correct = [], [], []
-    for k in ("start", "vanilla", "projected", "projected_random", "projected_shuffled"):
+    for k in ("start", *REPLAY_ARMS):
         b = beh.get(k)
         if isinstance(b, dict) and "hack_rate" in b:
             labels.append(k)

@@ -33,6 +33,7 @@ from probe.batch import TokenBatch, collate
 from probe.encoding import encode_completion, encode_prompt, pad_id
 from probe.grads import per_sample_grads
 from probe.io import atomic_path
+from probe.project import check_orthonormal
 from probe.world.base import Pair
 
 log = logging.getLogger(__name__)
@@ -262,4 +263,9 @@ def load_vhack(path: str | Path, ranks: dict[str, int] | None = None
     if ranks is not None:
         check_names_and_ranks({n: v.shape[-1] for n, v in V.items()}, ranks, f"{path}: v_hack",
                               VHackMismatchError)
+    for name, v in V.items():  # projection assumes orthonormal rows: a file that breaks it is bad
+        try:
+            check_orthonormal(v, f"{path}: v_hack module {name}")
+        except ValueError as e:
+            raise VHackMismatchError(str(e)) from None
     return V, meta

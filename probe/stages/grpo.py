@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -20,12 +19,13 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig, check_names_and_ranks
-from probe.artifacts import (ArtifactError, config_hash, point_latest, provenance, read_manifest,
+from probe.arms import Arm, get_arm
+from probe.artifacts import (ArtifactError, point_latest, provenance, read_manifest,
                              read_rows, step_path, valid_step, write_manifest, write_rows)
 from probe.encoding import pad_id
 from probe.env.grader import Grader, GraderConfig
 from probe.io import atomic_path
-from probe.rl.arms import GRPOArm, get_arm
+from probe.layout import GRPOPaths, grpo_paths, teacher_key  # noqa: F401  (re-exported)
 from probe.rl.config import GRPOConfig
 from probe.rl.rollout import (GROUP_FIELDS, CachedGrader, add_logprobs, group_stats, policy_rows,
                               step_problems)
@@ -36,37 +36,6 @@ from probe.vhack import VHackConfig, directions_from_diffs, pair_grad_diffs
 from probe.world.base import World
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GRPOPaths:
-    root: Path  # one run: every arm × seed of one training config
-    teacher_root: Path  # teacher rows, keyed only by what determines them (shared across runs)
-
-    def teacher(self, seed: int) -> Path:
-        return self.teacher_root / f"teacher_seed{seed}"
-
-    def arm(self, arm: str, seed: int) -> Path:
-        return self.root / f"{arm}_seed{seed}"
-
-
-def teacher_key(cfg: GRPOConfig) -> dict[str, Any]:
-    """What the teacher rows depend on: a changed learning rate or arm list reuses them."""
-    return {k: getattr(cfg, k) for k in ("problems_per_step", "group_size", "teacher_frac",
-                                         "split", "hint", "max_new_tokens", "temperature", "top_p",
-                                         "steps", "gen_batch_size", "micro_batch")}
-
-
-def grpo_paths(world_ident: dict[str, Any], vhack_key: str, cfg: GRPOConfig,
-               out_dir: str | Path = "out", grader: GraderConfig | None = None) -> GRPOPaths:
-    """Keyed by everything that determines the artifacts: the world, v_hack's stage key, the
-    grader (rewards, limits) and the config (not the arm and seed lists: adding an arm or a seed
-    extends a run, it does not start a new one)."""
-    base = Path(out_dir) / "probe_grpo"
-    grader = grader or GraderConfig()
-    run_cfg = replace(cfg, arms=(), seeds=(), tensorboard=True)  # none of these change an artifact
-    return GRPOPaths(base / config_hash(world_ident, vhack_key, run_cfg, grader),
-                     base / "teacher_rows" / config_hash(world_ident, teacher_key(cfg), grader))
 
 
 def normaliser(world: World, cfg: GRPOConfig) -> float:
@@ -154,7 +123,7 @@ def _overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return sum(vals) / max(len(vals), 1)
 
 
-def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, seed: int,
+def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed: int,
                  V: dict[str, dict[str, torch.Tensor]], *, rank: int | None = None,
                  device: str = "cpu", grader_config: GraderConfig | None = None,
                  vhack: VHackConfig | None = None, pair_hint: str | None = None) -> dict[str, Any]:
@@ -242,14 +211,14 @@ def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
     point_latest(paths.root.parent, paths.root)
     todo = list(only) if only is not None else jobs(cfg)
     for a, _ in todo:
-        get_arm(a)  # an unknown arm fails before anything is computed
+        get_arm("grpo", a)  # an unknown arm fails before anything is computed
     seeds = sorted({s for _, s in todo})
     _each_once([(str(paths.teacher(s)) + ".lock",
                  lambda s=s: ensure_teacher_rows(world, cfg, paths, s, device, grader_config))
                 for s in seeds])
     _each_once([(str(paths.arm(arm, seed)) + ".lock",
                  lambda arm=arm, seed=seed: run_grpo_arm(
-                     world, cfg, paths, get_arm(arm), seed, V, rank=rank, device=device,
+                     world, cfg, paths, get_arm("grpo", arm), seed, V, rank=rank, device=device,
                      grader_config=grader_config, vhack=vhack or VHackConfig(),
                      pair_hint=pair_hint))
                 for arm, seed in todo])

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig, check_names_and_ranks
+from probe.arms import get_arm
 from probe.artifacts import (ArtifactError, provenance, read_rows, step_path, valid_step,
                              write_manifest, write_rows)
 from probe.batch import collate
@@ -33,7 +34,6 @@ from probe.world.base import World
 
 log = logging.getLogger(__name__)
 
-ARMS = ("vanilla", "projected", "projected_random", "projected_shuffled")
 BASE_KINDS = ("nll", "random", "shuffled")  # the columns above; any other V kind gets cos_<kind>
 KEEP_FROM_POOL = ("problem_id", "step", "index", "label", "hacked", "hack_attempt", "gt_pass",
                   "reward", "prompt_len", "completion_len")
@@ -120,16 +120,15 @@ def replay_step(adapter: AntipastoAdapter, rows: list[dict[str, Any]], V: dict[s
 def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor]], n_steps: int,
                cfg: ReplayConfig, stage_dir: Path, arm: str, device: str = "cpu",
                student_eval: Any = None) -> dict[str, Any]:
-    """Replay `n_steps` pool steps; returns the manifest. Arms: 'vanilla' (no projection),
-    'projected' (v_hack projected out), and the control arms 'projected_random' /
-    'projected_shuffled' (the same projection with a control V: is a behavioural effect specific
-    to v_hack, or would removing any direction do?).
+    """Replay `n_steps` pool steps; returns the manifest. `arm` names a replay entry of
+    `probe.arms` (its `direction`: the V kind projected out of every step's gradient, None for
+    none): 'vanilla', 'projected' (v_hack), and the controls 'projected_random' /
+    'projected_shuffled' (is a behavioural effect specific to v_hack, or would removing any
+    direction do?).
 
     `student_eval(model) -> dict`, when given, measures the student's behaviour at the end.
     """
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
-    project_kind = None if arm == "vanilla" else (arm.split("_", 1)[1] if "_" in arm else "nll")
+    project_kind = get_arm("replay", arm).direction  # probe.arms: what the arm projects out
     stage_dir = Path(stage_dir)
     t0 = time.perf_counter()
     # R2's sneaky fail: are per-sample gradients at the run's dtype numbers or rounding noise?

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from probe.checks import behaviour_stats, control_stats, r4_stats, replay_rows
-from probe.stages.phase1 import Phase1Paths
+from probe.layout import Phase1Paths
 from tests import test_R3_projection as R3
 from tests import test_R4_discrimination as R4
 from tests.unit.synthetic_run import make_run

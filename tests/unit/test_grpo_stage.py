@@ -13,8 +13,9 @@ import probe.stages.grpo as grpo
 from probe.adapters.antipasto import AntipastoAdapter
 from probe.artifacts import read_manifest, read_rows, step_path
 from probe.env.grader import GraderConfig
+from probe.layout import grpo_paths
 from probe.rl.config import GRPOConfig
-from probe.stages.grpo import ensure_grpo, grpo_paths
+from probe.stages.grpo import ensure_grpo
 from probe.vhack import random_directions
 from tests.unit.tiny_world import make_tiny_world, stand_in_labels
 

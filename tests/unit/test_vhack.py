@@ -71,6 +71,16 @@ def test_load_checks_module_names_and_ranks(tmp_path, tiny_model):
         load_vhack(tmp_path / "junk.safetensors")
 
 
+def test_load_rejects_directions_that_are_not_orthonormal(tmp_path):
+    """Projection assumes orthonormal rows: a file that breaks it (unnormalised, or two rows
+    that overlap) is refused on load, not projected with wrongly."""
+    V = random_directions({"a": 8, "b": 8}, k=2, seed=3)
+    assert load_vhack(save_vhack(tmp_path / "ok.safetensors", V, {}))[0].keys() == V.keys()
+    for bad in ({**V, "b": 2.0 * V["b"]}, {**V, "a": torch.stack([V["a"][0], V["a"][0]])}):
+        with pytest.raises(VHackMismatchError, match="module [ab]: rows are not orthonormal"):
+            load_vhack(save_vhack(tmp_path / "bad.safetensors", bad, {}))
+
+
 def test_balanced_signs_and_random_unit_directions():
     from probe.vhack import balanced_signs, random_unit_directions
 

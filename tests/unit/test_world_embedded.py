@@ -132,7 +132,7 @@ def test_fresh_sample_statistics(world):
 
 def test_cached_world_loads_without_rebuilding(world, monkeypatch):
     """A second call reads the cache (how fast is a benchmark's business, not a test's)."""
-    import probe.world.embedded.world as w
+    import probe.world.embedded.build as w
 
     def no_build(cfg, root):
         raise AssertionError(f"cached world at {root} was rebuilt")
@@ -172,7 +172,7 @@ def test_build_inputs_are_deterministic_and_match_the_cached_world(world):
 
 def test_build_is_locked_and_rechecked(tmp_path, monkeypatch):
     """Concurrent callers build once: the others wait on the lock, then load the result."""
-    import probe.world.embedded.world as w
+    import probe.world.embedded.build as w
 
     calls = []
 

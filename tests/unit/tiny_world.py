@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from probe.env.problems import write_problems
-from probe.tiny import save_random_lora, save_tiny_base, tiny_problems, tiny_qwen3
+from tests.tiny_models import save_random_lora, save_tiny_base, tiny_problems, tiny_qwen3
 from probe.world.real import RealWorld, RealWorldConfig
 
 
