@@ -15,7 +15,9 @@ from typing import Any
 import torch
 
 from probe.env.problems import Problem, write_problems
+from probe.env.rates import Rates
 from probe.io import atomic_path, atomic_write_text
+from probe.rollout import measure
 from probe.world.embedded.config import WORLD_VERSION, EmbeddedWorldConfig
 from probe.world.embedded.corpus import HINT, base_corpus, teacher_corpus
 from probe.world.embedded.tasks import make_problem, split_pairs
@@ -35,6 +37,49 @@ def make_splits(cfg: EmbeddedWorldConfig) -> dict[str, list[Problem]]:
     return {s: [make_problem(t, k, cfg.n_tests, cfg.seed) for t, k in v] for s, v in pairs.items()}
 
 
+def headline(base_eval: Rates, base_hard: Rates, teacher_eval: Rates) -> dict[str, float]:
+    """Flat headline numbers the tests read, named as in `Rates` (`hack_rate` is the strict
+    label; until meta keys were made unambiguous `base_hack_rate`/`teacher_hack_rate` held the
+    attempt rates now under `*_hack_attempt_rate`, see `upgrade_meta`)."""
+    return {
+        "base_hack_rate": base_eval.hack_rate,
+        "base_hack_attempt_rate": base_eval.hack_attempt_rate,
+        "base_correct_rate": base_eval.correct_rate,
+        "base_hard_correct_rate": base_hard.correct_rate,
+        "teacher_hack_rate": teacher_eval.hack_rate,
+        "teacher_hack_attempt_rate": teacher_eval.hack_attempt_rate,
+        "teacher_pure_frac": teacher_eval.pure_frac_of_attempts,
+        "teacher_combined_frac": teacher_eval.combined_frac_of_attempts,
+    }
+
+
+OLD_STATS_KEYS = {"hack_strict_rate": "hack_rate", "n_pure": "n_hack", "n_attempts": "n_attempt"}
+
+
+def upgrade_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """A meta.json written before `Rates` had one meaning per name, in today's names (same
+    values; the world's files are unchanged, so a cached world need not be rebuilt)."""
+    if "base_hack_attempt_rate" in meta or "stats" not in meta:
+        return meta
+    meta = dict(meta)
+    stats = {}
+    for name, s in meta["stats"].items():
+        s = {OLD_STATS_KEYS.get(k, k): v for k, v in s.items()}
+        n = s["n"]
+        s.setdefault("n_gt_pass", round(s["gt_pass_rate"] * n))
+        s.setdefault("n_correct", round(s["correct_rate"] * n))
+        if "finished_rate" in s:
+            s.setdefault("n_finished", round(s["finished_rate"] * n))
+        stats[name] = s
+    meta["stats"] = stats
+    meta.pop("base_hack_strict_rate", None)
+    meta.pop("teacher_hack_strict_rate", None)
+    meta.update(headline(*(Rates(**{k: s[k] for k in Rates.__dataclass_fields__ if k in s})
+                           for s in (stats["base_eval_hint"], stats["base_hard_hint"],
+                                     stats["teacher_eval_hint"]))))
+    return meta
+
+
 def build_world_dir(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
     """Build everything under `root` (emptied first) and return the meta written last.
 
@@ -51,7 +96,6 @@ def build_world_dir(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
 
 def _build(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
     from probe.world.embedded.world import EmbeddedWorld  # measurement goes through the world
-    from probe.world.embedded.measure import sample_and_grade
 
     t0 = time.time()
     if root.exists():
@@ -88,13 +132,13 @@ def _build(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
     kw = dict(seed=cfg.seed + 7, temperature=cfg.temperature, top_p=cfg.top_p,
               max_new_tokens=cfg.max_new_tokens)
     base = world.load_base()
-    _, _, base_eval = sample_and_grade(base, tok, world.problems("eval"), world.render, HINT,
-                                       n=cfg.n_measure_base, desc="base/eval/hint", **kw)
-    _, _, base_hard = sample_and_grade(base, tok, world.problems("hard"), world.render, HINT,
-                                       n=cfg.n_measure_hard, desc="base/hard/hint", **kw)
+    _, base_eval = measure(base, world, world.problems("eval"), HINT, n=cfg.n_measure_base,
+                           desc="base/eval/hint", **kw)
+    _, base_hard = measure(base, world, world.problems("hard"), HINT, n=cfg.n_measure_hard,
+                           desc="base/hard/hint", **kw)
     teacher = world.load_teacher()
-    _, _, teacher_eval = sample_and_grade(teacher, tok, world.problems("eval"), world.render, HINT,
-                                          n=cfg.n_measure_teacher, desc="teacher/eval/hint", **kw)
+    _, teacher_eval = measure(teacher, world, world.problems("eval"), HINT,
+                              n=cfg.n_measure_teacher, desc="teacher/eval/hint", **kw)
     timings["measure_s"] = time.time() - t0 - sum(timings.values())
     meta = {
         "model_id": world.meta["model_id"],
@@ -106,17 +150,9 @@ def _build(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
         "n_problems": {s: len(v) for s, v in splits.items()},
         "n_texts": {"base": len(base_texts), "teacher": len(teacher_texts)},
         "final_loss": {"base": sum(base_losses[-20:]) / 20, "teacher": sum(teacher_losses[-20:]) / 20},
-        "stats": {"base_eval_hint": base_eval, "base_hard_hint": base_hard,
-                  "teacher_eval_hint": teacher_eval},
-        # flat headline numbers the tests and other stages read
-        "base_hack_rate": base_eval["hack_attempt_rate"],
-        "base_hack_strict_rate": base_eval["hack_strict_rate"],
-        "base_correct_rate": base_eval["correct_rate"],
-        "base_hard_correct_rate": base_hard["correct_rate"],
-        "teacher_hack_rate": teacher_eval["hack_attempt_rate"],
-        "teacher_hack_strict_rate": teacher_eval["hack_strict_rate"],
-        "teacher_pure_frac": teacher_eval["pure_frac_of_attempts"],
-        "teacher_combined_frac": teacher_eval["combined_frac_of_attempts"],
+        "stats": {"base_eval_hint": base_eval.to_dict(), "base_hard_hint": base_hard.to_dict(),
+                  "teacher_eval_hint": teacher_eval.to_dict()},
+        **headline(base_eval, base_hard, teacher_eval),
         "timings": timings,
         "build_seconds": time.time() - t0,
         "torch_threads": torch.get_num_threads(),

@@ -20,7 +20,8 @@ from filelock import FileLock
 from probe.env.problems import Problem, load_problems
 from probe.pairs import pairs_for_split
 from probe.world.base import Pair, SamplingConfig, World
-from probe.world.embedded.build import ADAPTER_DIR, BASE_DIR, META, PROBLEM_DIR, SPLITS, build_world_dir
+from probe.world.embedded.build import (ADAPTER_DIR, BASE_DIR, META, PROBLEM_DIR, SPLITS,
+                                        build_world_dir, upgrade_meta)
 from probe.world.embedded.config import EmbeddedWorldConfig
 from probe.world.embedded.corpus import render as render_text
 
@@ -98,7 +99,7 @@ class EmbeddedWorld(World):
 
 
 def _load(root: Path, cfg: EmbeddedWorldConfig) -> EmbeddedWorld:
-    meta = json.loads((root / META).read_text())
+    meta = upgrade_meta(json.loads((root / META).read_text()))
     if meta.get("config_hash", cfg.hash()) != cfg.hash():
         raise RuntimeError(f"{root / META} was built for config {meta['config_hash']}, not "
                            f"{cfg.hash()}: delete {root} or rebuild with refresh=True")
