@@ -22,15 +22,15 @@ from probe.stages.phase1 import Phase1Config, run_phase1
 from probe.stages.pool import PoolConfig
 from probe.stages.replay import ReplayConfig, run_replay
 from probe.stats import welch_greater
-from tests.unit.tiny_world import LABELS, MenuPolicy, intended_label, make_tiny_world, menu
+from tests.unit.tiny_world import LABELS, MenuPolicy, intended_label, make_menu_world, menu
 
 pytestmark = pytest.mark.unit
 
 HINT = "simple_overwrite_tests"
 CFG = Phase1Config(
-    pool=PoolConfig(steps=3, problems_per_step=2, group_size=6, base_reference_steps=1),
+    pool=PoolConfig(steps=2, problems_per_step=2, group_size=6, base_reference_steps=1),
     replay=ReplayConfig(lr=5e-2, micro_batch=12, null_directions=8),
-    student_eval=EvalConfig(split="train", n_problems=2, group_size=8),
+    student_eval=EvalConfig(split="train", n_problems=2, group_size=4),
     grader=GraderConfig(workers=2))
 ARMS = ("vanilla", "projected")
 
@@ -38,7 +38,7 @@ ARMS = ("vanilla", "projected")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("known")
-    world = make_tiny_world(root / "world")
+    world = make_menu_world(root / "world")
     policy = MenuPolicy(world.problems("train"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("probe.rollout.generate", policy)
@@ -165,7 +165,7 @@ def test_a_broken_projection_fails_the_applied_check(run, tmp_path):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(replay, "project_adapter_grads_",
                   lambda adapter, D, *a, **k: real(adapter, {n: -v for n, v in D.items()}, *a, **k))
-        man = run_replay(world, paths.pool, V, 2, replace(CFG.replay, null_directions=0),
+        man = run_replay(world, paths.pool, V, 1, replace(CFG.replay, null_directions=0),
                          tmp_path / "broken", "projected")
     fired = [s for s in man["steps"] if s["frac_fired"] > 0]
     assert fired and all(s["cos_out"] < s["cos_in"] for s in fired)  # the old check is fooled

@@ -115,6 +115,23 @@ class MenuPolicy:
         return out
 
 
+class ShortPromptWorld(RealWorld):
+    """The tiny world with a one-word system prompt: byte-level prompts of ~300 tokens instead
+    of ~500 keep a replay of menu completions to seconds."""
+
+    def render(self, problem: Any, hint: str | None) -> str:
+        from probe.env import prompts
+
+        return prompts.render_prompt(prompts.build_messages(problem, hint, system_prompt="Code."),
+                                     self.tokenizer)
+
+
+def make_menu_world(root: Path) -> RealWorld:
+    """`make_tiny_world` with short prompts, for use with `MenuPolicy`."""
+    w = make_tiny_world(root)
+    return ShortPromptWorld(w.config, name="tiny-menu")
+
+
 def intended_label(row: dict[str, Any], problems: list[Any]) -> str:
     """The label the menu entry a row holds was written to get (the known answer)."""
     p = next(p for p in problems if p.id == row["problem_id"])
