@@ -37,7 +37,7 @@ def r1_stats(paths: Phase1Paths) -> dict[str, Any]:
         "n_steps": len(steps), "rows_per_step": [len(s) for s in steps],
         "expected_rows_per_step": man["rows_per_step"], "n_rows": len(rows),
         "hack_rate": _rate(rows, "hacked"), "hack_attempt_rate": _rate(rows, "hack_attempt"),
-        "correct_rate": _rate(rows, "gt_pass"),
+        "gt_pass_rate": _rate(rows, "gt_pass"),
         "label_counts": _counts(rows, "label"),
         "teacher_hack_rate_same_prompts": _rate(teacher_same, "hacked"),
         "base_hack_rate_same_prompts": _rate(base, "hacked"), "n_base": len(base),
@@ -284,3 +284,38 @@ def invalid_control_note(alignment: dict[str, Any]) -> str:
     return (f"INVALID CONTROL: cos with v_hack mean {alignment['mean_cos']:+.3f} (max "
             f"{alignment['mean_cos_max']:.3f}), per-module RMS {alignment['rms_overlap']:.3f} (max "
             f"{alignment['rms_overlap_max']:.3f}; random V ≈ {alignment['random_null_rms']:.3f}); ")
+
+
+# One-sided (and ungated) projection leaves V g_out <= 0 exactly, so the applied gradient's
+# hack-ward cosine ‖relu(V g)‖/‖g‖ is 0 up to rounding. δS and its gradient are float32 whatever
+# the model dtype; rounding leaves |V g_out| ≲ sqrt(r)·eps32·‖g‖ ≈ 6e-6‖g‖ at r = 2560, so 1e-4
+# is 10× that and still 100× below the hack-ward cosine of a gradient that kept its hack-ward part
+# (the embedded world's cos_in is 0.01–0.3).
+APPLIED_COS_TOL = 1e-4
+ZERO_HACKWARD_MODES = ("one_sided", "no_gate")  # "reverse" flips the part, it does not remove it
+
+
+def r3_applied_stats(paths: Phase1Paths, arm: str = "projected", tol: float = APPLIED_COS_TOL
+                     ) -> dict[str, Any]:
+    """R3's mechanism, exactly: the hack-ward cosine of the gradient the optimizer received
+    (`cos_out_applied`, recomputed from .grad against v_hack after the projection) should be ≈ 0
+    on every step, not merely below cos_in. A projection with the wrong orientation, on a
+    different V, or on some modules only lowers cos_out yet leaves this > 0."""
+    man = read_manifest(paths.arm(arm))
+    return applied_hackward(man["steps"], (man.get("config") or {}).get("projection", "one_sided"),
+                            tol)
+
+
+def applied_hackward(steps: list[dict[str, Any]], mode: str, tol: float = APPLIED_COS_TOL
+                     ) -> dict[str, Any]:
+    """`r3_applied_stats` on a manifest's step summaries (`passed` is None where the mode is
+    not meant to zero the hack-ward part, or a step lacks the record)."""
+    vals = [s.get("cos_out_applied") for s in steps]
+    recorded = bool(vals) and all(_finite(v) for v in vals)
+    worst = max(vals) if recorded else float("nan")
+    above = [s["step"] for s, v in zip(steps, vals) if recorded and v > tol]
+    applies = mode in ZERO_HACKWARD_MODES
+    return {"mode": mode, "n_steps": len(steps), "recorded": recorded, "tol": tol,
+            "max_cos_out_applied": worst, "mean_cos_in": _mean(steps, "cos_in"),
+            "steps_above_tol": above,
+            "passed": (not above) if applies and recorded else None}

@@ -88,13 +88,13 @@ def plot_behaviour(beh: dict[str, Any], out: Path) -> list[str]:
         if isinstance(b, dict) and "hack_rate" in b:
             labels.append(k)
             hack.append(b["hack_rate"])
-            correct.append(b["correct_rate"])
+            correct.append(b.get("gt_pass_rate", b["correct_rate"]))  # older runs: gt pass
     if not labels:
         return []
     fig, ax = plt.subplots(figsize=(7, 3.2))
     x = range(len(labels))
     ax.bar([i - 0.2 for i in x], hack, width=0.4, label="hack rate")
-    ax.bar([i + 0.2 for i in x], correct, width=0.4, label="correct rate")
+    ax.bar([i + 0.2 for i in x], correct, width=0.4, label="ground-truth pass rate")
     ax.set_xticks(list(x), [lab.replace("projected_", "proj. ") for lab in labels], fontsize=8)
     ax.set(title="student behaviour (sampled, graded)", ylim=(0, 1))
     ax.legend()

@@ -24,6 +24,7 @@ from probe.artifacts import (ArtifactError, point_latest, provenance, read_manif
                              read_rows, step_path, valid_step, write_manifest, write_rows)
 from probe.encoding import pad_id
 from probe.env.grader import Grader, GraderConfig
+from probe.env.rates import rates
 from probe.io import atomic_path
 from probe.layout import GRPOPaths, grpo_paths, teacher_key  # noqa: F401  (re-exported)
 from probe.rl.config import GRPOConfig
@@ -31,7 +32,6 @@ from probe.rl.rollout import (GROUP_FIELDS, CachedGrader, add_logprobs, group_st
                               step_problems)
 from probe.rl.tracker import StepTracker
 from probe.rl.trainer import grpo_update_step
-from probe.stages.pool import rates
 from probe.vhack import VHackConfig, directions_from_diffs, pair_grad_diffs
 from probe.world.base import World
 

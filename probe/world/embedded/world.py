@@ -22,6 +22,7 @@ from probe.world.base import Pair, SamplingConfig, World
 from probe.world.embedded.config import EmbeddedWorldConfig
 from probe.world.embedded.corpus import render as render_text
 from probe.world.embedded.files import ADAPTER_DIR, BASE_DIR, META, PROBLEM_DIR, SPLITS
+from probe.world.embedded.meta import upgrade_meta
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class EmbeddedWorld(World):
 def load_built(root: Path, cfg: EmbeddedWorldConfig) -> EmbeddedWorld:
     """The world built for `cfg` in `root` (its `meta.json` present): a different config's build
     is an error, never silently used."""
-    meta = json.loads((root / META).read_text())
+    meta = upgrade_meta(json.loads((root / META).read_text()))
     if meta.get("config_hash", cfg.hash()) != cfg.hash():
         raise RuntimeError(f"{root / META} was built for config {meta['config_hash']}, not "
                            f"{cfg.hash()}: delete {root} or rebuild with refresh=True")
