@@ -53,6 +53,7 @@ def test_step_is_mean_then_projection_then_clipping_then_optimizer(ragged_pairs,
     for n, v in a.flat_values().items():
         torch.testing.assert_close(v, expected[n], rtol=1e-4, atol=1e-7)
     assert rep.grad_hackward_cos_out < 1e-5 < rep.grad_hackward_cos
+    assert rep.update_cos_before_projection is None  # a gradient arm leaves AdamW's update alone
     assert rep.update_cos < 1e-3  # SGD applies the projected gradient (up to rounding of p − Δ)
     assert all(p.grad is None for p in a.parameters())
 
@@ -82,7 +83,7 @@ def test_update_projection_removes_what_adamw_rotates_back(ragged_pairs):
                      projection=Projection(V, target="update"))
     assert rep.update_cos_before_projection > 1e-4
     assert rep.update_cos < 1e-5 and rep.projection["fired"]
-    assert rep.grad_change_norm is None  # the gradient itself was left alone
+    assert rep.grad_change_norm is rep.grad_hackward_cos_out is None  # the gradient was left alone
     with pytest.raises(ValueError, match="target"):
         Projection(V, target="weights")
     assert mean_hackward({n: -v[0] for n, v in V.items()}, V) == 0.0
