@@ -1,5 +1,5 @@
-"""One GRPO step on a batch of graded groups: the same step as the Phase 1 replay, with the Dr.GRPO
-surrogate in place of the NLL.
+"""One GRPO step on a batch of graded groups: the same step as the Phase 1 replay
+(`probe.train_step.train_step`), with the Dr.GRPO surrogate in place of the NLL.
 
 Per update (≥ 2 per batch, so ratios move): per-sample gradients of the surrogate in one batched
 backward per micro-batch → every row's cosine with v_hack and the controls (first update) → the
@@ -21,13 +21,10 @@ from probe.rl.config import GRPOConfig
 from probe.rl.distributed import all_reduce_sum_, gather_in_order, gather_objects
 from probe.rl.dr_grpo import (RatioStats, SurrogateInputs, clip_fraction, group_advantages,
                               scatter_tokens, surrogate)
-from probe.train_step import (MicroBatch, Projection, mean_hackward, summed_grads, total_norm,
-                              train_step)
+from probe.train_step import MicroBatch, Projection, summed_grads, total_norm, train_step
 
 ROW_KEEP = ("problem_id", "step", "group", "index", "source", "label", "hacked", "hack_attempt",
             "gt_pass", "reward", "completion_len", "completion")
-
-__all__ = ["grpo_update_step", "mean_hackward", "surrogate_grads", "total_norm"]
 
 
 def _inputs(part: Sequence[dict[str, Any]], batch: TokenBatch, adv: Sequence[float]
