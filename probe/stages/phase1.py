@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
+from probe.adapters.registry import build_adapter
 from probe.arms import REPLAY_ARMS, get_arm
 from probe.artifacts import (ArtifactError, config_hash, point_latest, provenance, read_manifest,
                              write_manifest)
@@ -108,9 +108,9 @@ def ensure_pool(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str
     return manifest
 
 
-def _load_kinds(paths: Phase1Paths, kinds: tuple[str, ...], ranks: dict[str, int] | None
+def _load_kinds(paths: Phase1Paths, kinds: tuple[str, ...], sizes: dict[str, int] | None
                 ) -> dict[str, dict[str, torch.Tensor]]:
-    return {k: load_vhack(paths.vhack_file(k), ranks)[0] for k in kinds}
+    return {k: load_vhack(paths.vhack_file(k), sizes)[0] for k in kinds}
 
 
 def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str = "cpu"
@@ -141,7 +141,7 @@ def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: st
         _mark_stage(world, cfg, paths.vhack)
         return vs
     model = world.load_base(device)
-    adapter = AntipastoAdapter(model, AntipastoConfig(rank=cfg.replay.rank))
+    adapter = build_adapter(model, cfg.replay.adapter_spec())
     pairs = world.contrastive_pairs("train", cfg.pool.hint, seed=cfg.vhack.seed)
     meta = {"world": world.name, "model_id": world.model_id, "loss": "mean_nll_completion",
             "k": cfg.vhack.k, "n_pairs": len(pairs)}
@@ -150,7 +150,7 @@ def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: st
         for kind, V in vs.items():
             save_vhack(paths.vhack_file(kind), V, {**meta, "kind": kind})
         manifest = provenance(cfg.vhack, seed=cfg.vhack.seed, **meta, stats=stats,
-                              ranks=adapter.ranks)
+                              ranks=adapter.sizes)  # "ranks": each module's flat size
     methods = dict(manifest.get("methods") or {})
     for m in (m for m in todo if m != "nll"):
         mnt = world.sampling.max_new_tokens
