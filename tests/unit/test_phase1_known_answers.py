@@ -156,14 +156,14 @@ def test_projection_leaves_no_hackward_part_in_the_applied_gradient(run):
 def test_a_broken_projection_fails_the_applied_check(run, tmp_path):
     """The check itself can fail: a replay whose projection acts on −V (the wrong orientation)
     still lowers cos_out below cos_in on its own terms, and fails the applied check."""
-    import probe.stages.replay as replay
+    import probe.train_step as train_step
     from probe.stages.phase1 import ensure_vhack
 
     world, paths, _, mp = run
     V = ensure_vhack(world, CFG, paths)
-    real = replay.project_adapter_grads_
+    real = train_step.project_adapter_grads_
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(replay, "project_adapter_grads_",
+        m.setattr(train_step, "project_adapter_grads_",
                   lambda adapter, D, *a, **k: real(adapter, {n: -v for n, v in D.items()}, *a, **k))
         man = run_replay(world, paths.pool, V, 1, replace(CFG.replay, null_directions=0),
                          tmp_path / "broken", "projected")
@@ -179,10 +179,12 @@ def test_optimizer_steps_on_the_projected_gradient(run, tmp_path):
     clipped gradient, and not as the vanilla step does."""
     from safetensors.torch import load_file
 
-    from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
+    from probe.adapters.registry import build_adapter
+    from probe.batch import collate
     from probe.encoding import pad_id
+    from probe.grads import per_sample_grads
+    from probe.project import project_adapter_grads_
     from probe.stages.phase1 import ensure_vhack
-    from probe.stages.replay import replay_step
 
     world, paths, *_ = run
     V = ensure_vhack(world, CFG, paths)
@@ -190,16 +192,19 @@ def test_optimizer_steps_on_the_projected_gradient(run, tmp_path):
     for arm in ARMS:
         run_replay(world, paths.pool, V, 1, one, tmp_path / arm, arm)
     got = {arm: load_file(tmp_path / arm / "delta_s.safetensors") for arm in ARMS}
-    # by hand: the gradient, the projection, clipping, then AdamW
-    adapter = AntipastoAdapter(world.load_base(), AntipastoConfig(rank=one.rank))
+    # by hand, from the library's pieces: the mean gradient, the projection, clipping, then AdamW
+    adapter = build_adapter(world.load_base(), one.adapter_spec())
     torch.manual_seed(one.seed)
     opt = torch.optim.AdamW(adapter.parameters(), lr=one.lr, weight_decay=one.weight_decay)
     rows = read_rows(step_path(paths.pool, 0))
-    _, summary = replay_step(adapter, rows, V, one, pad_id(world.tokenizer), "nll", "cpu")
-    assert summary["frac_fired"] > 0
+    batch = collate([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
+                    pad_id(world.tokenizer))
+    adapter.set_grads({n: g.mean(0) for n, g in per_sample_grads(adapter, batch).grads.items()})
+    diag = project_adapter_grads_(adapter, V["nll"], one.projection, one.preserve_magnitude)
+    assert diag.frac_fired > 0
     torch.nn.utils.clip_grad_norm_(adapter.parameters(), one.max_grad_norm)
     opt.step()
-    want = {n: p.detach().clone() for n, p in adapter.named_params().items()}
+    want = {n: v for n, v in adapter.flat_values().items()}
     adapter.remove()
     differs = False
     for n, w in want.items():
