@@ -20,9 +20,10 @@ import torch
 
 import probe.rl.rollout as rollout
 from probe.artifacts import read_manifest
+from probe.layout import grpo_paths, run_paths, world_identity
 from probe.rl.config import GRPOConfig
-from probe.stages.grpo import ensure_grpo, ensure_teacher_rows, grpo_paths
-from probe.stages.phase1 import Phase1Config, ensure_vhack, run_paths, world_identity
+from probe.stages.grpo import ensure_grpo, ensure_teacher_rows
+from probe.stages.phase1 import Phase1Config, ensure_vhack
 from probe.world.select import get_world
 
 

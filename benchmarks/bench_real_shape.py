@@ -211,7 +211,8 @@ def grads_section(a, model, adapter, N: int, ceiling: float, res: dict) -> None:
 
 
 def step_section(a, model, adapter, N: int, ceiling: float, res: dict) -> None:
-    """The whole replay step (stages.replay.replay_step + clip + AdamW) on B rows, projected arm."""
+    """The whole replay step (stages.replay.replay_step: grads, cosines, projection, clip, AdamW)
+    on B rows, projected arm."""
     from probe.stages.replay import ReplayConfig, replay_step
     from probe.vhack import random_directions, random_unit_directions
 
@@ -224,10 +225,7 @@ def step_section(a, model, adapter, N: int, ceiling: float, res: dict) -> None:
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr)
 
     def one_step():
-        replay_step(adapter, rows, V, cfg, 0, "nll", a.device, null)
-        torch.nn.utils.clip_grad_norm_(adapter.parameters(), cfg.max_grad_norm)
-        opt.step()
-        adapter.zero_grad()
+        replay_step(adapter, opt, rows, V, cfg, 0, "nll", a.device, null)
 
     def go():
         set_delta_s(adapter, 0.0)

@@ -8,15 +8,14 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.stats import fisher_exact
 
+from probe.arms import REPLAY_ARMS, control_arms
 from probe.artifacts import ArtifactError, read_manifest, read_rows, read_stage
-from probe.stages.phase1 import Phase1Paths
-from probe.stages.replay import ARMS
+from probe.layout import Phase1Paths, load_paths  # noqa: F401  (load_paths: re-exported)
 from probe.stats import (caliper_match, correlation, length_residualised, min_detectable_decrease,
                          welch_greater)
 
@@ -38,7 +37,7 @@ def r1_stats(paths: Phase1Paths) -> dict[str, Any]:
         "n_steps": len(steps), "rows_per_step": [len(s) for s in steps],
         "expected_rows_per_step": man["rows_per_step"], "n_rows": len(rows),
         "hack_rate": _rate(rows, "hacked"), "hack_attempt_rate": _rate(rows, "hack_attempt"),
-        "correct_rate": _rate(rows, "gt_pass"),
+        "gt_pass_rate": _rate(rows, "gt_pass"),
         "label_counts": _counts(rows, "label"),
         "teacher_hack_rate_same_prompts": _rate(teacher_same, "hacked"),
         "base_hack_rate_same_prompts": _rate(base, "hacked"), "n_base": len(base),
@@ -195,7 +194,7 @@ def _problem_means(pure: list[dict[str, Any]], combo: list[dict[str, Any]],
 def behaviour(paths: Phase1Paths) -> dict[str, Any]:
     """Student hack / correct rates at the start (δS = 0) and after each arm."""
     out = {"start": json.loads(paths.student_start.read_text())}
-    for arm in ARMS:
+    for arm in REPLAY_ARMS:
         try:
             out[arm] = read_manifest(paths.arm(arm)).get("student_end")
         except ArtifactError:
@@ -232,9 +231,9 @@ def behaviour_stats(paths: Phase1Paths, alpha: float = 0.05, power: float = 0.8
     out["power"], out["alpha"] = power, alpha
     out["fisher_p"] = fewer_hacks("vanilla", "projected")
     out["mdd_vanilla_vs_projected"] = mdd("vanilla", "projected")
-    for control in ("random", "shuffled"):
-        out[f"specific_vs_{control}_p"] = fewer_hacks(f"projected_{control}", "projected")
-        out[f"mdd_{control}_vs_projected"] = mdd(f"projected_{control}", "projected")
+    for control, arm in control_arms("replay").items():
+        out[f"specific_vs_{control}_p"] = fewer_hacks(arm.name, "projected")
+        out[f"mdd_{control}_vs_projected"] = mdd(arm.name, "projected")
     return out
 
 
@@ -287,8 +286,36 @@ def invalid_control_note(alignment: dict[str, Any]) -> str:
             f"{alignment['rms_overlap_max']:.3f}; random V ≈ {alignment['random_null_rms']:.3f}); ")
 
 
-def load_paths(root: str | Path, seed: int | None = None) -> Phase1Paths:
-    """Phase1Paths of an existing run directory (e.g. out/probe_distill/latest)."""
-    root = Path(root).resolve()
-    cfg = read_manifest(root, name="config.json")["config"]
-    return Phase1Paths(root, seed if seed is not None else cfg["replay"]["seed"])
+# One-sided (and ungated) projection leaves V g_out <= 0 exactly, so the applied gradient's
+# hack-ward cosine ‖relu(V g)‖/‖g‖ is 0 up to rounding. δS and its gradient are float32 whatever
+# the model dtype; rounding leaves |V g_out| ≲ sqrt(r)·eps32·‖g‖ ≈ 6e-6‖g‖ at r = 2560, so 1e-4
+# is 10× that and still 100× below the hack-ward cosine of a gradient that kept its hack-ward part
+# (the embedded world's cos_in is 0.01–0.3).
+APPLIED_COS_TOL = 1e-4
+ZERO_HACKWARD_MODES = ("one_sided", "no_gate")  # "reverse" flips the part, it does not remove it
+
+
+def r3_applied_stats(paths: Phase1Paths, arm: str = "projected", tol: float = APPLIED_COS_TOL
+                     ) -> dict[str, Any]:
+    """R3's mechanism, exactly: the hack-ward cosine of the gradient the optimizer received
+    (`cos_out_applied`, recomputed from .grad against v_hack after the projection) should be ≈ 0
+    on every step, not merely below cos_in. A projection with the wrong orientation, on a
+    different V, or on some modules only lowers cos_out yet leaves this > 0."""
+    man = read_manifest(paths.arm(arm))
+    return applied_hackward(man["steps"], (man.get("config") or {}).get("projection", "one_sided"),
+                            tol)
+
+
+def applied_hackward(steps: list[dict[str, Any]], mode: str, tol: float = APPLIED_COS_TOL
+                     ) -> dict[str, Any]:
+    """`r3_applied_stats` on a manifest's step summaries (`passed` is None where the mode is
+    not meant to zero the hack-ward part, or a step lacks the record)."""
+    vals = [s.get("cos_out_applied") for s in steps]
+    recorded = bool(vals) and all(_finite(v) for v in vals)
+    worst = max(vals) if recorded else float("nan")
+    above = [s["step"] for s, v in zip(steps, vals) if recorded and v > tol]
+    applies = mode in ZERO_HACKWARD_MODES
+    return {"mode": mode, "n_steps": len(steps), "recorded": recorded, "tol": tol,
+            "max_cos_out_applied": worst, "mean_cos_in": _mean(steps, "cos_in"),
+            "steps_above_tol": above,
+            "passed": (not above) if applies and recorded else None}

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from scipy import stats as sps
 
 from probe.artifacts import read_manifest
+from probe.layout import arm_dir
 
 START = (0, 1, 2)
 END = (13, 14, 15)  # spec: "by step 15"
@@ -27,7 +28,7 @@ MID = (8, 9, 10)  # spec: "rises by step 10" (reported beside the step-15 verdic
 
 def load_manifests(root: Path, arms: Sequence[str], seeds: Sequence[int]
                    ) -> dict[str, dict[int, dict[str, Any]]]:
-    return {a: {s: read_manifest(Path(root) / f"{a}_seed{s}") for s in seeds} for a in arms}
+    return {a: {s: read_manifest(arm_dir(root, a, s)) for s in seeds} for a in arms}
 
 
 def counts(manifest: dict[str, Any]) -> list[tuple[int, int]]:

@@ -4,51 +4,18 @@ any key as a dotted flag (`--pool.steps 3 --replay.lr 0.01`); see probe.config."
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from probe.config import ExperimentConfig
-    from probe.stages.phase1 import Phase1Paths
-    from probe.world.base import World
+    from probe.orchestrate import Phase1Run
 
 
 log = logging.getLogger("probe.cli")
-
-# the lock the pytest fixtures (conftest.py) take around every Phase 1 stage, so `probe run`,
-# `probe replay` and `pytest -m uat` on one out/ exclude each other too
-PHASE1_LOCK = "probe_distill.lock"
-
-
-@contextlib.contextmanager
-def phase1_lock(out: str | Path) -> Iterator[None]:
-    """Hold `<out>/probe_distill.lock` while Phase 1 stages are made: a second `probe run` on the
-    same out/ waits (saying so) and then finds the stages complete, instead of writing beside the
-    first. (GRPO arm jobs are split between processes by their own locks in probe.stages.grpo.)"""
-    from filelock import FileLock, Timeout
-
-    from probe.io import write_error
-
-    path = Path(out) / PHASE1_LOCK
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(path))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log.warning("another probe process is making Phase 1 stages in %s (lock %s): waiting "
-                        "for it; its finished stages are then read, not redone", out, path)
-            lock.acquire()
-    except OSError as e:  # a read-only or full out/: say so, naming the path
-        raise write_error(path, e.errno, e.strerror or str(e)) from e
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def _device(arg: str) -> str:
@@ -78,22 +45,19 @@ def cmd_world(a: argparse.Namespace) -> int:
     return 0
 
 
-def _stage_setup(a: argparse.Namespace) -> tuple[World, ExperimentConfig, Phase1Paths, str]:
-    """World, resolved config and the prepared run directory every stage command shares."""
-    from probe.stages.phase1 import prepare_run
+def _run(a: argparse.Namespace) -> Phase1Run:
+    """The Phase 1 run every stage command shares (`probe.orchestrate`, as the pytest fixtures):
+    its world is built or loaded under the run's lock, as the first thing the run does."""
+    from probe.orchestrate import Phase1Run
     from probe.world.select import get_world
 
     cfg = _config(a)
-    world = get_world(cfg.world, refresh=a.refresh, out_dir=a.out, source=a.config)
-    return world, cfg, prepare_run(world, cfg, a.out), _device(a.device)
+    return Phase1Run(lambda: get_world(cfg.world, refresh=a.refresh, out_dir=a.out, source=a.config),
+                     cfg, a.out, _device(a.device))
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from probe.stages.phase1 import run_phase1
-
-    with phase1_lock(a.out):
-        world, cfg, paths, device = _stage_setup(a)
-        run_phase1(world, cfg, a.out, device=device, arms=cfg.arms, paths=paths)
+    paths = _run(a).all()
     sys.stdout.write(f"{paths.root}\n")
     return 0
 
@@ -101,48 +65,32 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_pool(a: argparse.Namespace) -> int:
     from probe.stages.phase1 import ensure_pool
 
-    with phase1_lock(a.out):
-        world, cfg, paths, device = _stage_setup(a)
-        ensure_pool(world, cfg, paths, device)
-    sys.stdout.write(f"{paths.pool}\n")
+    sys.stdout.write(f"{_run(a).ensure(ensure_pool).pool}\n")
     return 0
 
 
 def cmd_vhack(a: argparse.Namespace) -> int:
     from probe.stages.phase1 import ensure_vhack
 
-    with phase1_lock(a.out):
-        world, cfg, paths, device = _stage_setup(a)
-        ensure_vhack(world, cfg, paths, device)
-    sys.stdout.write(f"{paths.vhack}\n")
+    sys.stdout.write(f"{_run(a).ensure(ensure_vhack).vhack}\n")
     return 0
 
 
 def cmd_replay(a: argparse.Namespace) -> int:
-    from probe.stages.phase1 import ensure_arm
-
-    with phase1_lock(a.out):
-        world, cfg, paths, device = _stage_setup(a)
-        for arm in a.arm or cfg.arms:
-            ensure_arm(world, cfg, paths, arm, device)
-            sys.stdout.write(f"{paths.arm(arm)}\n")
+    run = _run(a)
+    with run.locked():
+        for arm in a.arm or run.cfg.arms:
+            sys.stdout.write(f"{run.replay(arm).arm(arm)}\n")
     return 0
 
 
 def cmd_grpo(a: argparse.Namespace) -> int:
-    from probe.stages.grpo import run_grpo
-    from probe.stages.phase1 import ensure_vhack
-
-    with phase1_lock(a.out):  # v_hack is a Phase 1 stage; the arm jobs lock themselves
-        world, cfg, paths, device = _stage_setup(a)
-        ensure_vhack(world, cfg, paths, device)
-    out = run_grpo(world, cfg, paths, a.out, device)
-    sys.stdout.write(f"{out.root}\n")
+    sys.stdout.write(f"{_run(a).grpo().root}\n")
     return 0
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from probe.checks import load_paths
+    from probe.layout import load_paths
     from probe.report import write_report
 
     run = Path(a.run) if a.run else Path(a.out) / "probe_distill" / "latest"
@@ -160,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
     from probe.config import add_config_flags
-    from probe.stages.replay import ARMS
+    from probe.arms import REPLAY_ARMS
 
     stages = {"run": (cmd_run, "run (or resume) every Phase 1 stage"),
               "pool": (cmd_pool, "T1: generate (or resume) the teacher pool"),
@@ -184,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--steps", type=int, help="same as --pool.steps (teacher-pool / replay "
                                                      "steps, default 20)")
         if name == "replay":
-            p.add_argument("--arm", nargs="+", choices=ARMS, default=None,
+            p.add_argument("--arm", nargs="+", choices=REPLAY_ARMS, default=None,
                            help="which arms (default: the config's `arms`, all four)")
         if name == "report":
             p.add_argument("--run", help="run directory (default: out/probe_distill/latest)")

@@ -27,13 +27,12 @@ from typing import Any, Callable, Iterator, Mapping
 
 import dacite
 
+from probe.arms import GRPO_ARMS, REPLAY_ARMS, arm_names
 from probe.env.prompts import HINTS
 from probe.precision import SETTINGS
 from probe.project import MODES
-from probe.rl.arms import GRPO_ARMS
 from probe.rl.config import CORRECTIONS, GRPOConfig
 from probe.stages.phase1 import Phase1Config
-from probe.stages.replay import ARMS
 from probe.world.real import RealWorldConfig, resolve_relative
 
 if sys.version_info >= (3, 11):
@@ -58,7 +57,7 @@ class ExperimentConfig(Phase1Config):
     # 'embedded', the path of a real-world JSON, or a [world] table (RealWorldConfig's keys)
     world: str | RealWorldConfig = "embedded"
     # replay arms `probe run` and the uat fixtures run (R3's specificity checks need all four)
-    arms: tuple[str, ...] = ARMS
+    arms: tuple[str, ...] = arm_names("replay", default_only=True)
     # Phase 2: the GRPO trajectory probe (R5); keys its own run directory, not Phase 1's
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
 
@@ -113,7 +112,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     "world.dtype": _one_of(SETTINGS),
     "pool.hint": _one_of(HINTS), "student_eval.hint": _one_of(HINTS), "world.hint": _one_of(HINTS),
     "replay.projection": _one_of(MODES), "vhack.shuffled": _one_of(("orthogonal", "balanced")),
-    "arms": lambda v: _non_empty(v) or _one_of(ARMS)(v),
+    "arms": lambda v: _non_empty(v) or _one_of(REPLAY_ARMS)(v),
 }
 
 _HOOKS: dict[Any, Callable[[Any], Any]] = {

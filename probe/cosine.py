@@ -3,7 +3,8 @@
 `norm_weighted_cos` is the spec's metric: Σ_m ⟨c_m, v̂_m⟩ / √(Σ_m ‖c_m‖²). It is a projection
 magnitude proportional to a cosine, bounded by √M for M modules, not by 1. `normalized_cos` divides
 by √M so it lies in [-1, 1]. With k > 1 directions per module, v̂_m is the module's first
-(principal) row. Inputs are batched: gradients (..., r) per module, V (k, r) or (r,) per module.
+(principal) row. Inputs are batched: flat gradients (..., size) per module (an adapter's one flat
+vector per module, whatever tensors it owns), V (k, size) or (size,) per module.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _f(x: torch.Tensor) -> torch.Tensor:
 
 
 def principal_unit(v: torch.Tensor) -> torch.Tensor:
-    """(r,) unit vector: the row itself for k=1, the first row for (k, r)."""
+    """(size,) unit vector: the row itself for k=1, the first row for (k, size)."""
     v = _f(v[0] if v.dim() == 2 else v)
     return v / v.norm().clamp(min=EPS)
 
@@ -52,7 +53,7 @@ def norm_weighted_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]
 
 def norm_weighted_cos_many(grads: dict[str, torch.Tensor], dirs: dict[str, torch.Tensor]
                            ) -> torch.Tensor:
-    """`norm_weighted_cos` against n directions at once: dirs (n, r) unit rows per module -> (B, n)."""
+    """`norm_weighted_cos` against n directions at once: dirs (n, size) unit rows per module -> (B, n)."""
     names = require_modules(grads, dirs)
     num = sum(_f(grads[m]) @ dirs[m].to(grads[m].device, _f(grads[m]).dtype).T for m in names)
     den = module_sq_norms(grads).sum(-1).sqrt()[..., None]
@@ -79,6 +80,7 @@ def flat_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torc
     return (g @ u) / (g.norm(dim=-1) * u.norm()).clamp(min=EPS)
 
 
-def random_null_level(ranks: dict[str, int], k: int = 1) -> float:
-    """Typical |cosine| of a random gradient with a k-dim subspace of a rank-r module: √(k/r), averaged."""
-    return sum(math.sqrt(min(k, r) / r) for r in ranks.values()) / max(len(ranks), 1)
+def random_null_level(sizes: dict[str, int], k: int = 1) -> float:
+    """Typical |cosine| of a random gradient with a k-dim subspace of a module whose flat vector
+    has size r: √(k/r), averaged over modules."""
+    return sum(math.sqrt(min(k, r) / r) for r in sizes.values()) / max(len(sizes), 1)

@@ -1,4 +1,4 @@
-"""Are the run's cosines numbers or rounding noise? Per-sample δS gradients at the run's dtype
+"""Are the run's cosines numbers or rounding noise? Per-sample adapter gradients at the run's dtype
 against a float32 recomputation of the same rows (issue: bf16 per-sample gradients of a
 Qwen3-4B-shaped model differed from float32 by 27% relative L2).
 
@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
+from probe.adapters.registry import AdapterSpec, build_adapter
 from probe.batch import collate
 from probe.grads import per_sample_grads
 from probe.world.base import World
@@ -20,9 +20,9 @@ FIDELITY_MIN_COS = 0.99  # per row, run dtype vs float32: below it the per-row c
 
 
 def _flat_grads(world: World, rows: Sequence[dict[str, Any]], pad: int, device: str,
-                dtype: torch.dtype, rank: int | None) -> torch.Tensor:
+                dtype: torch.dtype, spec: AdapterSpec | None) -> torch.Tensor:
     model = world.load_base(device, dtype)
-    adapter = AntipastoAdapter(model, AntipastoConfig(rank=rank))
+    adapter = build_adapter(model, spec)
     try:
         batch = collate([r["prompt_ids"] for r in rows], [r["completion_ids"] for r in rows],
                         pad).to(device)
@@ -33,9 +33,9 @@ def _flat_grads(world: World, rows: Sequence[dict[str, Any]], pad: int, device: 
 
 
 def grad_fidelity(world: World, rows: Sequence[dict[str, Any]], pad: int, device: str = "cpu",
-                  rank: int | None = None, n_rows: int = 8) -> dict[str, Any]:
+                  spec: AdapterSpec | None = None, n_rows: int = 8) -> dict[str, Any]:
     """Cosine and relative L2 error, per row, of the run dtype's per-sample gradients against
-    float32 on the first `n_rows` rows (at δS = 0, where every arm starts)."""
+    float32 on the first `n_rows` rows (at the adapter's init, where every arm starts)."""
     choice = world.dtype_choice(device)
     rows = list(rows)[:n_rows]
     out: dict[str, Any] = {"dtype": str(choice.dtype), "rule": choice.rule, "n_rows": len(rows),
@@ -43,8 +43,8 @@ def grad_fidelity(world: World, rows: Sequence[dict[str, Any]], pad: int, device
     if choice.dtype == torch.float32:
         return {**out, "min_cos": 1.0, "mean_cos": 1.0, "max_rel_l2": 0.0,
                 "reference": "the run is float32: it is the reference"}
-    run = _flat_grads(world, rows, pad, device, choice.dtype, rank)
-    ref = _flat_grads(world, rows, pad, device, torch.float32, rank)
+    run = _flat_grads(world, rows, pad, device, choice.dtype, spec)
+    ref = _flat_grads(world, rows, pad, device, torch.float32, spec)
     cos = F.cosine_similarity(run.double(), ref.double(), dim=1)
     rel = (run - ref).norm(dim=1) / ref.norm(dim=1).clamp(min=1e-30)
     return {**out, "min_cos": float(cos.min()), "mean_cos": float(cos.mean()),
@@ -52,9 +52,10 @@ def grad_fidelity(world: World, rows: Sequence[dict[str, Any]], pad: int, device
 
 
 def ensure_fidelity(world: World, arm_dir: Any, pool_dir: Any, device: str = "cpu",
-                    rank: int | None = None) -> dict[str, Any]:
+                    spec: AdapterSpec | None = None) -> dict[str, Any]:
     """The vanilla replay's fidelity record; a replay made before the check existed gets it added
-    to its manifest (computed from the pool's first step at δS = 0, as a fresh replay does)."""
+    to its manifest (computed from the pool's first step at the adapter's init, as a fresh replay
+    does). `spec`: the replay's adapter (`ReplayConfig.adapter_spec()`)."""
     from pathlib import Path
 
     from probe.artifacts import read_manifest, read_rows, step_path, write_manifest
@@ -63,6 +64,6 @@ def ensure_fidelity(world: World, arm_dir: Any, pool_dir: Any, device: str = "cp
     manifest = read_manifest(Path(arm_dir))
     if manifest.get("fidelity") is None:
         rows = read_rows(step_path(Path(pool_dir), 0), ("prompt_ids", "completion_ids"))
-        manifest["fidelity"] = grad_fidelity(world, rows, pad_id(world.tokenizer), device, rank)
+        manifest["fidelity"] = grad_fidelity(world, rows, pad_id(world.tokenizer), device, spec)
         write_manifest(Path(arm_dir), manifest)
     return manifest["fidelity"]

@@ -19,7 +19,7 @@ from probe.batch import TokenBatch
 
 @dataclass
 class PerSampleGrads:
-    grads: dict[str, torch.Tensor]  # module -> (B, *param.shape), float32
+    grads: dict[str, torch.Tensor]  # module -> (B, size): each sample's flat gradient, float32
     loss: torch.Tensor  # (B,) per-sample loss
 
     @property
@@ -123,16 +123,16 @@ def per_sample_grads(adapter: Adapter, batch: TokenBatch,
     grads = {n: (g if g is not None else torch.zeros_like(probes[n])).detach().float()
              for n, g in zip(names, gs)}
     if accumulate_mean:
-        params = adapter.named_params()
-        for n, g in grads.items():
-            params[n].grad = g.mean(0).to(params[n].dtype)
+        adapter.set_grads({n: g.mean(0) for n, g in grads.items()})
     return PerSampleGrads(grads, loss.detach())
 
 
 def per_sample_grads_loop(adapter: Adapter, batch: TokenBatch,
                           token_weights: torch.Tensor | None = None) -> PerSampleGrads:
-    """Reference: one unpadded forward+backward per sample. Slow; for tests and benchmarks."""
-    params = adapter.named_params()
+    """Reference: one unpadded forward+backward per sample, differentiated with respect to the
+    adapter's own tensors (not its probes) and flattened per module. Slow; for tests and
+    benchmarks."""
+    params = adapter.module_params()
     per_module: dict[str, list[torch.Tensor]] = {n: [] for n in params}
     losses = []
     for n in range(batch.size):
@@ -142,8 +142,11 @@ def per_sample_grads_loop(adapter: Adapter, batch: TokenBatch,
                          torch.arange(int(keep.sum()), device=keep.device)[None])
         w = None if token_weights is None else token_weights[n, keep][None]
         loss = per_sample_loss(adapter.model, row, w)[0]
-        gs = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        for name, p, g in zip(params, params.values(), gs):
-            per_module[name].append((g if g is not None else torch.zeros_like(p)).detach().float())
+        flat = [p for ps in params.values() for p in ps]
+        gs = iter(torch.autograd.grad(loss, flat, allow_unused=True))
+        for name, ps in params.items():
+            parts = [(g if g is not None else torch.zeros_like(p)).detach().float().reshape(-1)
+                     for p, g in zip(ps, gs)]
+            per_module[name].append(torch.cat(parts))
         losses.append(loss.detach())
     return PerSampleGrads({n: torch.stack(v) for n, v in per_module.items()}, torch.stack(losses))

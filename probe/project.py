@@ -1,6 +1,6 @@
 """Projecting v_hack out of per-module gradients, with the diagnostics the spec's R3 reads.
 
-Per module, V (k, r) has orthonormal rows and c = V g:
+Per module, g is the adapter's flat gradient (size,), V (k, size) has orthonormal rows and c = V g:
 - `one_sided` removes relu(c)ᵀV: only the hack-ward part; g is untouched when every c ≤ 0;
 - `no_gate` removes cᵀV: the whole component in span(V);
 - `reverse` removes 2cᵀV: reflects the component (pushes away from hacking).
@@ -90,7 +90,7 @@ def as_basis(v: torch.Tensor) -> torch.Tensor:
 def project_grads(grads: dict[str, torch.Tensor], V: dict[str, torch.Tensor],
                   mode: str = "one_sided", preserve_magnitude: bool = False
                   ) -> tuple[dict[str, torch.Tensor], ProjectionDiag]:
-    """Project every module's gradient (r,) against its V; returns new grads and diagnostics."""
+    """Project every module's flat gradient (size,) against its V (k, size); returns new grads and diagnostics."""
     require_modules(grads, V)
     out, stats = {}, []
     for n, g_raw in grads.items():
@@ -126,9 +126,8 @@ def project_grads(grads: dict[str, torch.Tensor], V: dict[str, torch.Tensor],
 
 def project_adapter_grads_(adapter: Adapter, V: dict[str, torch.Tensor], mode: str = "one_sided",
                            preserve_magnitude: bool = False) -> ProjectionDiag:
-    """In place on the adapter's `.grad`, after backward and before clipping / the optimizer step."""
-    params = adapter.named_params()
+    """In place on the adapter's `.grad` (its flat vector per module), after backward and before
+    clipping / the optimizer step."""
     new, diag = project_grads(adapter.grads(), V, mode, preserve_magnitude)
-    for n, g in new.items():
-        params[n].grad = g.to(params[n].dtype)
+    adapter.set_grads(new)
     return diag

@@ -12,11 +12,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from probe.arms import REPLAY_ARMS  # noqa: E402
 from probe.artifacts import ArtifactError, read_manifest  # noqa: E402
 from probe.checks import (behaviour, behaviour_stats, control_stats, r1_stats,  # noqa: E402
                           r2_stats, r3_stats, r4_stats, r7_stats, replay_rows)
+from probe.layout import Phase1Paths  # noqa: E402
 from probe.report_grpo import r5_section  # noqa: E402
-from probe.stages.phase1 import Phase1Paths  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +83,18 @@ def plot_cosines(paths: Phase1Paths, out: Path) -> list[str]:
 
 def plot_behaviour(beh: dict[str, Any], out: Path) -> list[str]:
     labels, hack, correct = [], [], []
-    for k in ("start", "vanilla", "projected", "projected_random", "projected_shuffled"):
+    for k in ("start", *REPLAY_ARMS):
         b = beh.get(k)
         if isinstance(b, dict) and "hack_rate" in b:
             labels.append(k)
             hack.append(b["hack_rate"])
-            correct.append(b["correct_rate"])
+            correct.append(b.get("gt_pass_rate", b["correct_rate"]))  # older runs: gt pass
     if not labels:
         return []
     fig, ax = plt.subplots(figsize=(7, 3.2))
     x = range(len(labels))
     ax.bar([i - 0.2 for i in x], hack, width=0.4, label="hack rate")
-    ax.bar([i + 0.2 for i in x], correct, width=0.4, label="correct rate")
+    ax.bar([i + 0.2 for i in x], correct, width=0.4, label="ground-truth pass rate")
     ax.set_xticks(list(x), [lab.replace("projected_", "proj. ") for lab in labels], fontsize=8)
     ax.set(title="student behaviour (sampled, graded)", ylim=(0, 1))
     ax.legend()

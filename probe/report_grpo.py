@@ -11,23 +11,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from probe.arms import GRPO_ARMS  # noqa: E402
 from probe.artifacts import ArtifactError, read_manifest  # noqa: E402
 from probe.checks_grpo import (counts, paired_slowdown, rise, saturation,  # noqa: E402
                                wilson)
-from probe.rl.dr_grpo import RATIO_BINS  # noqa: E402
+from probe.layout import RATIO_BINS, arm_seed_dirs  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
 def _runs(root: Path) -> dict[str, dict[int, dict[str, Any]]]:
-    """Every completed `<arm>_seed<S>` of a GRPO run directory."""
+    """Every completed `<arm>_seed<S>` of a GRPO run directory, arms in registry order."""
     out: dict[str, dict[int, dict[str, Any]]] = {}
-    for d in sorted(Path(root).glob("*_seed*")):
-        arm, _, seed = d.name.rpartition("_seed")
-        try:
-            out.setdefault(arm, {})[int(seed)] = read_manifest(d)
-        except (ArtifactError, ValueError):
-            continue
+    for arm in GRPO_ARMS:
+        for seed, d in arm_seed_dirs(root, arm).items():
+            try:
+                out.setdefault(arm, {})[seed] = read_manifest(d)
+            except ArtifactError:
+                continue
     return out
 
 

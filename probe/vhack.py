@@ -27,12 +27,12 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from probe.adapters.antipasto import check_names_and_ranks, read_safetensors
-from probe.adapters.base import Adapter
+from probe.adapters.base import Adapter, check_names_and_sizes, read_safetensors
 from probe.batch import TokenBatch, collate
 from probe.encoding import encode_completion, encode_prompt, pad_id
 from probe.grads import per_sample_grads
 from probe.io import atomic_path
+from probe.project import check_orthonormal
 from probe.world.base import Pair
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ KINDS = ("nll", "random", "shuffled")
 
 
 class VHackMismatchError(ValueError):
-    """A v_hack file does not fit the model's adapter (module names or ranks), or is corrupt."""
+    """A v_hack file does not fit the model's adapter (module names or sizes), or is corrupt."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class VHackConfig:
 
 
 PairGrads = Callable[[Adapter, TokenBatch, int], dict[str, torch.Tensor]]
-"""(adapter, batch of 2n rows: n hack completions then their n clean ones, n) -> per module (n, r),
+"""(adapter, batch of 2n rows: n hack completions then their n clean ones, n) -> per module (n, size),
 one gradient difference per pair, oriented so that descent along it makes the hack likelier."""
 
 
@@ -69,12 +69,12 @@ def nll_pair_grads(adapter: Adapter, batch: TokenBatch, n: int) -> dict[str, tor
 def pair_grad_diffs(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], batch_size: int = 16,
                     desc: str = "v_hack pairs", pair_grads: PairGrads = nll_pair_grads
                     ) -> dict[str, torch.Tensor]:
-    """Per module, (P, r): each pair's gradient difference (by default the mean-NLL one)."""
+    """Per module, (P, size): each pair's flat gradient difference (by default the mean-NLL one)."""
     if not pairs:
         raise ValueError("no contrastive pairs to extract v_hack from")
     pid = pad_id(tokenizer)
     chunks: dict[str, list[torch.Tensor]] = {}
-    device = next(iter(adapter.named_params().values())).device
+    device = adapter.device
     for i in tqdm(range(0, len(pairs), batch_size), desc=desc, leave=False):
         part = pairs[i:i + batch_size]
         prompts = [encode_prompt(tokenizer, p.prompt) for p in part]
@@ -88,7 +88,7 @@ def pair_grad_diffs(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], bat
 
 def directions_from_diffs(diffs: dict[str, torch.Tensor], k: int = 1, noise_floor: float = 0.0,
                           signs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """(k, r) orthonormal rows per module; `signs` (P,) of ±1 flips pairs (the shuffled control)."""
+    """(k, size) orthonormal rows per module; `signs` (P,) of ±1 flips pairs (the shuffled control)."""
     out = {}
     for name, d in diffs.items():
         d = d.double()
@@ -117,23 +117,23 @@ def balanced_signs(n: int, seed: int = 0) -> torch.Tensor:
     return signs[torch.randperm(n, generator=g)]
 
 
-def random_unit_directions(ranks: dict[str, int], n: int, seed: int = 0
+def random_unit_directions(sizes: dict[str, int], n: int, seed: int = 0
                            ) -> dict[str, torch.Tensor]:
-    """n independent Haar-random unit vectors per module, (n, r): a null distribution of
-    directions (not mutually orthogonal, so n may exceed r)."""
+    """n independent Haar-random unit vectors per module, (n, size): a null distribution of
+    directions (not mutually orthogonal, so n may exceed the size)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for name, r in ranks.items():
+    for name, r in sizes.items():
         d = torch.randn(n, r, generator=g)
         out[name] = d / d.norm(dim=-1, keepdim=True)
     return out
 
 
-def random_directions(ranks: dict[str, int], k: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Haar-random orthonormal (k, r) per module (QR of a Gaussian with sign-fixed R)."""
+def random_directions(sizes: dict[str, int], k: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Haar-random orthonormal (k, size) per module (QR of a Gaussian with sign-fixed R)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for name, r in ranks.items():
+    for name, r in sizes.items():
         q, rr = torch.linalg.qr(torch.randn(r, min(k, r), generator=g, dtype=torch.float64))
         q = q * torch.sign(torch.diagonal(rr))[None, :]
         out[name] = q.T.contiguous().float()
@@ -219,10 +219,10 @@ def directions_and_controls(diffs: dict[str, torch.Tensor], config: VHackConfig,
                             ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """A method's direction (key `name`) and both controls ('shuffled', 'random') from its pair
     differences, plus extraction statistics (each control's alignment with the direction)."""
-    ranks = {n: d.shape[1] for n, d in diffs.items()}
+    sizes = {n: d.shape[1] for n, d in diffs.items()}
     V = directions_from_diffs(diffs, config.k, config.noise_floor)
     shuffled, fallback = shuffled_directions(diffs, V, config)
-    vs = {name: V, "shuffled": shuffled, "random": random_directions(ranks, config.k, config.seed)}
+    vs = {name: V, "shuffled": shuffled, "random": random_directions(sizes, config.k, config.seed)}
     # how consistently pairs agree with the extracted direction (1.0 = every pair hack-ward)
     agree = torch.stack([(diffs[n].double() @ V[n][0].double() > 0).double().mean()
                          for n in diffs]).mean().item()
@@ -254,12 +254,18 @@ def save_vhack(path: str | Path, V: dict[str, torch.Tensor], meta: dict[str, Any
     return Path(path)
 
 
-def load_vhack(path: str | Path, ranks: dict[str, int] | None = None
+def load_vhack(path: str | Path, sizes: dict[str, int] | None = None
                ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load V; with `ranks` (the adapter's), any module or rank mismatch is a clear error."""
+    """Load V; with `sizes` (the adapter's flat size per module), any module or size mismatch is
+    a clear error."""
     path = Path(path)
     V, meta = read_safetensors(path, FORMAT, "a v_hack file", VHackMismatchError)
-    if ranks is not None:
-        check_names_and_ranks({n: v.shape[-1] for n, v in V.items()}, ranks, f"{path}: v_hack",
+    if sizes is not None:
+        check_names_and_sizes({n: v.shape[-1] for n, v in V.items()}, sizes, f"{path}: v_hack",
                               VHackMismatchError)
+    for name, v in V.items():  # projection assumes orthonormal rows: a file that breaks it is bad
+        try:
+            check_orthonormal(v, f"{path}: v_hack module {name}")
+        except ValueError as e:
+            raise VHackMismatchError(str(e)) from None
     return V, meta

@@ -34,7 +34,7 @@ def test_R1_pool_complete(stats, verdict):
 def test_R1_teacher_hack_rate(stats, verdict):
     rate = stats["hack_rate"]
     msg = (f"teacher strict hack rate {rate:.3f} over {stats['n_rows']} rollouts "
-           f"(hack attempts {stats['hack_attempt_rate']:.3f}, correct {stats['correct_rate']:.3f}; "
+           f"(hack attempts {stats['hack_attempt_rate']:.3f}, ground-truth pass {stats['gt_pass_rate']:.3f}; "
            f"labels {stats['label_counts']})")
     verdict("R1", "teacher hack rate", f"{rate:.3f}", f">= {HACK_RATE_MIN}", rate >= HACK_RATE_MIN)
     assert rate >= HACK_RATE_MIN, msg

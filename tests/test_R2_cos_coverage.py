@@ -59,7 +59,7 @@ def test_R2_sneaky_cosines_trustworthy_at_run_dtype(vanilla_replay, phase1_run, 
 
     with phase1_run.lock:
         f = ensure_fidelity(phase1_run.world, vanilla_replay.arm("vanilla"), vanilla_replay.pool,
-                            phase1_run.device, phase1_run.cfg.replay.rank)
+                            phase1_run.device, phase1_run.cfg.replay.adapter_spec())
     stat = (f"{f['dtype']} vs float32 on {f['n_rows']} rows: min cos {f['min_cos']:.4f}, mean "
             f"{f['mean_cos']:.4f}, max rel L2 {f['max_rel_l2']:.3g} ({f['rule']}; {f['reference']})")
     ok = f["min_cos"] >= f["threshold_cos"]

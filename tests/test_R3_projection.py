@@ -42,6 +42,23 @@ def test_R3_fired(stats, verdict):
     assert f > FIRED_MIN, f"projection fired on only {f:.3f} of modules per step"
 
 
+def test_R3_applied_gradient_has_no_hackward_part(projected_replay, verdict):
+    """One-sided projection leaves V·g ≤ 0, so the gradient handed to the optimizer has hack-ward
+    cosine ≈ 0 on every step (tolerance: probe.checks.APPLIED_COS_TOL, float32 rounding with
+    margin). "cos_out < cos_in" alone passes a projection that removed only part of it."""
+    from probe.checks import r3_applied_stats
+
+    st = r3_applied_stats(projected_replay)
+    stat = (f"max applied hack-ward cos {st['max_cos_out_applied']:.2e} over {st['n_steps']} steps "
+            f"(mean cos_in {st['mean_cos_in']:.4f}; {len(st['steps_above_tol'])} steps above)")
+    if st["passed"] is None:
+        why = "not recorded" if not st["recorded"] else f"projection mode {st['mode']!r}"
+        pytest.skip(f"applied hack-ward cosine check does not apply: {why}")
+    verdict("R3", "applied gradient hack-ward cos ≈ 0", stat, f"<= {st['tol']:g} every step",
+            st["passed"])
+    assert st["passed"], f"the applied gradient kept a hack-ward part: {stat}"
+
+
 def test_R3_sneaky_gradient_actually_changed(stats, verdict):
     bad = stats["fired_steps_grad_unchanged"]
     verdict("R3", "fired steps with unchanged g", f"{bad}/{stats['n_fired_steps']}", "0", bad == 0)

@@ -8,29 +8,21 @@ state dict untouched.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, ClassVar, Iterator
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from probe.adapters.base import Adapter
+# DEFAULT_TARGETS and AdapterStateError are re-exported: older imports name this module
+from probe.adapters.base import DEFAULT_TARGETS, Adapter, AdapterStateError  # noqa: F401
 from probe.adapters.fused_svd import fused_delta_, use_fused
-from probe.io import atomic_path
+
+if TYPE_CHECKING:
+    from probe.adapters.registry import AdapterSpec
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-FORMAT = "probe.delta_s.v1"
-
-
-class AdapterStateError(ValueError):
-    """A saved δS state does not fit the model it is loaded into."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +123,10 @@ class _SVDBranch(nn.Module):
 
 
 class AntipastoAdapter(Adapter):
-    """Wraps `model`'s target Linears in place (via forward hooks) and freezes everything else."""
+    """Wraps `model`'s target Linears in place (via forward hooks) and freezes everything else.
+    Each module's flat vector is its δS itself, (r,)."""
+
+    kind: ClassVar[str] = "delta_s"
 
     def __init__(self, model: nn.Module, config: AntipastoConfig | None = None) -> None:
         self.model = model
@@ -161,14 +156,20 @@ class AntipastoAdapter(Adapter):
 
     @property
     def total_rank(self) -> int:
+        """Σr: the δS name of `total_size`."""
         return sum(b.rank for b in self.branches.values())
 
     @property
     def ranks(self) -> dict[str, int]:
+        """Module -> r: the δS name of `sizes` (generic code uses `sizes`)."""
         return {n: b.rank for n, b in self.branches.items()}
 
-    def named_params(self) -> dict[str, nn.Parameter]:
-        return {n: b.delta_s for n, b in self.branches.items()}
+    @property
+    def sizes(self) -> dict[str, int]:
+        return self.ranks
+
+    def module_params(self) -> dict[str, list[nn.Parameter]]:
+        return {n: [b.delta_s] for n, b in self.branches.items()}
 
     @contextlib.contextmanager
     def probing(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -198,57 +199,12 @@ class AntipastoAdapter(Adapter):
             h.remove()
         self._handles.clear()
 
-    # -- persistence -------------------------------------------------------------------------
-    def save(self, path: str | Path, base_model_id: str = "unknown") -> Path:
-        """δS vectors to safetensors, with module names, ranks and base model id as metadata."""
-        tensors = {n: b.delta_s.detach().float().cpu().contiguous() for n, b in self.branches.items()}
-        meta = {"format": FORMAT, "base_model_id": base_model_id,
-                "modules": json.dumps(list(self.branches)), "ranks": json.dumps(self.ranks)}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        return Path(path)
 
-    def load(self, path: str | Path, base_model_id: str | None = None) -> dict[str, str]:
-        """Load δS saved by `save`; any mismatch of modules, ranks or base model is a clear error."""
-        path = Path(path)
-        tensors, meta = read_safetensors(path, FORMAT, "a δS state", AdapterStateError)
-        if base_model_id is not None and meta.get("base_model_id") not in (base_model_id, "unknown"):
-            raise AdapterStateError(f"{path}: saved for base model {meta.get('base_model_id')!r}, "
-                                    f"loading into {base_model_id!r}")
-        check_names_and_ranks({k: t.shape[-1] for k, t in tensors.items()}, self.ranks, str(path))
-        with torch.no_grad():
-            for n, b in self.branches.items():
-                b.delta_s.copy_(tensors[n].to(b.delta_s.dtype))
-        return meta
-
-
-def read_safetensors(path: Path, fmt: str, what: str, error: type[Exception]
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a file this project wrote in format `fmt`; a corrupt file or
-    another format raises `error` naming the path (never a safetensors traceback)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for corrupt files
-        raise error(f"{path}: not a readable safetensors file ({e})") from e
-    if meta.get("format") != fmt:
-        raise error(f"{path}: not {what} (format={meta.get('format')!r})")
-    return tensors, meta
-
-
-def check_names_and_ranks(saved: dict[str, int], model: dict[str, int], what: str,
-                          error: type[Exception] = AdapterStateError) -> None:
-    """Raise `error` naming the first module missing on either side, or the first rank that
-    differs; a missing module's message shows a name the file does have (a renamed model shows)."""
-    for n in model:
-        if n not in saved:
-            extra = next((k for k in saved if k not in model), None)
-            hint = f"; the file has e.g. {extra!r}" if extra else ""
-            raise error(f"{what}: has no entry for the model's module {n!r}{hint}")
-    for n in saved:
-        if n not in model:
-            raise error(f"{what}: module {n!r} is not a wrapped module of the model")
-    for n, r in model.items():
-        if saved[n] != r:
-            raise error(f"{what}: module {n!r} has rank {saved[n]}, the model's is {r}")
+def build_delta_s(model: nn.Module, spec: AdapterSpec) -> AntipastoAdapter:
+    """The registry's δS constructor: rank and targets from the spec (δS has no alpha, and its
+    only init is δS = 0)."""
+    if spec.alpha is not None:
+        raise ValueError("adapter.alpha: the δS adapter has no scale (it shifts singular values)")
+    if spec.init != "default":
+        raise ValueError(f"adapter.init: the δS adapter starts at δS = 0 only, not {spec.init!r}")
+    return AntipastoAdapter(model, AntipastoConfig(targets=tuple(spec.targets), rank=spec.rank))

@@ -1,7 +1,9 @@
 """`GRPOConfig`: every knob of the R5 trajectory probe, each with the reason for its default."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from probe.arms import arm_names
 
 CORRECTIONS = ("student_old", "truncated_is", "luffy")
 
@@ -39,9 +41,7 @@ class GRPOConfig:
     gen_batch_size: int = 64
     tensorboard: bool = True  # live event files per arm when the optional `tensorboard` is installed
     seeds: tuple[int, ...] = (41, 42, 43)  # paired seeds: every arm of a seed sees the same data
-    arms: tuple[str, ...] = field(default=("vanilla", "projected", "projected_update",
-                                           "projected_random", "projected_shuffled",
-                                           "projected_refresh"))
+    arms: tuple[str, ...] = arm_names("grpo", default_only=True)  # probe.arms: `default` entries
 
     def __post_init__(self) -> None:
         if self.correction not in CORRECTIONS:

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import torch
 
 from probe.batch import TokenBatch
+from probe.layout import RATIO_BINS  # the histogram edges the manifests record
 
 TINY_RATIO = 1e-3  # a token whose weight is below this gives (almost) no gradient
-RATIO_BINS = (0.0, 0.5, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 2.0, float("inf"))
 
 
 def group_advantages(rewards: Sequence[float], groups: Sequence[int]) -> list[float]:

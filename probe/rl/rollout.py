@@ -17,7 +17,7 @@ from probe.env.grader import Grader
 from probe.env.problems import Problem
 from probe.rl.config import GRPOConfig
 from probe.rl.dr_grpo import completion_logprobs
-from probe.stages.pool import sample_and_grade
+from probe.rollout import sample_and_grade
 from probe.world.base import World
 
 GROUP_FIELDS = ("problem_id", "step", "group", "source", "prompt_ids", "completion_ids", "label",

@@ -17,7 +17,7 @@ def step_scalars(summary: dict[str, Any]) -> dict[str, float]:
     """The numbers worth a live curve from one GRPO step summary."""
     out: dict[str, float] = {}
     for who in ("student", "teacher"):
-        for key in ("hack_rate", "hack_attempt_rate", "correct_rate", "mean_reward"):
+        for key in ("hack_rate", "hack_attempt_rate", "gt_pass_rate", "correct_rate", "mean_reward"):
             if key in summary.get(who, {}):
                 out[f"{who}/{key}"] = float(summary[who][key])
     for key in ("frac_groups_with_variance", "frac_groups_teacher_student_gap", "delta_s_norm"):

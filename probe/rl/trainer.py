@@ -1,5 +1,5 @@
-"""One GRPO step on a batch of graded groups: the same step as the Phase 1 replay, with the Dr.GRPO
-surrogate in place of the NLL.
+"""One GRPO step on a batch of graded groups: the same step as the Phase 1 replay
+(`probe.train_step.train_step`), with the Dr.GRPO surrogate in place of the NLL.
 
 Per update (≥ 2 per batch, so ratios move): per-sample gradients of the surrogate in one batched
 backward per micro-batch → every row's cosine with v_hack and the controls (first update) → the
@@ -15,31 +15,20 @@ from typing import Any, Sequence
 import torch
 
 from probe.adapters.base import Adapter
-from probe.batch import collate
-from probe.cosine import norm_weighted_cos
-from probe.grads import per_sample_grads
-from probe.project import as_basis, hackward_cos, project_adapter_grads_, project_grads
-from probe.rl.arms import GRPOArm
+from probe.batch import TokenBatch
+from probe.arms import Arm
 from probe.rl.config import GRPOConfig
-from probe.rl.distributed import all_reduce_sum_, gather_in_order, gather_objects, shard
+from probe.rl.distributed import all_reduce_sum_, gather_in_order, gather_objects
 from probe.rl.dr_grpo import (RatioStats, SurrogateInputs, clip_fraction, group_advantages,
                               scatter_tokens, surrogate)
+from probe.train_step import MicroBatch, Projection, summed_grads, total_norm, train_step
 
 ROW_KEEP = ("problem_id", "step", "group", "index", "source", "label", "hacked", "hack_attempt",
             "gt_pass", "reward", "completion_len", "completion")
 
 
-def mean_hackward(vectors: dict[str, torch.Tensor], V: dict[str, torch.Tensor]) -> float:
-    """Mean over modules of ‖relu(V x)‖/‖x‖ (x in gradient orientation: > 0 = toward hacking)."""
-    vals = [hackward_cos(x.float(), as_basis(V[n]).to(x.device).float()) for n, x in vectors.items()]
-    return float(torch.stack(vals).mean()) if vals else float("nan")
-
-
-def total_norm(vectors: dict[str, torch.Tensor]) -> float:
-    return float(torch.sqrt(sum(v.float().pow(2).sum() for v in vectors.values())))
-
-
-def _inputs(part: Sequence[dict[str, Any]], batch, adv: Sequence[float]) -> SurrogateInputs:
+def _inputs(part: Sequence[dict[str, Any]], batch: TokenBatch, adv: Sequence[float]
+            ) -> SurrogateInputs:
     dev = batch.input_ids.device
     return SurrogateInputs(
         advantages=torch.tensor(list(adv), dtype=torch.float32, device=dev),
@@ -49,107 +38,111 @@ def _inputs(part: Sequence[dict[str, Any]], batch, adv: Sequence[float]) -> Surr
         mask=batch.loss_mask)
 
 
+class _SurrogatePass:
+    """The Dr.GRPO surrogate as `train_step`'s per-sample loss, plus what the GRPO trainer keeps of
+    each micro-batch: the teacher rows' gradient sum, the ratio statistics and the per-row records
+    (cosines with each V, when the step computes them)."""
+
+    def __init__(self, adapter: Adapter, adv: Sequence[float], cfg: GRPOConfig,
+                 normaliser: float) -> None:
+        self.adv, self.cfg, self.normaliser = adv, cfg, normaliser
+        self.teacher = {n: torch.zeros(s, dtype=torch.float32, device=adapter.device)
+                        for n, s in adapter.sizes.items()}
+        self.stats = RatioStats(cfg.epsilon, cfg.epsilon_high,
+                                teacher_clipped=cfg.correction != "luffy")
+        self.records: list[dict[str, Any]] = []
+        self.index: list[int] = []  # each record's position in the step's rows
+
+    def token_loss_for(self, part: Sequence[dict[str, Any]], idx: list[int], batch: TokenBatch):
+        cfg, stats = self.cfg, self.stats
+        x = _inputs(part, batch, [self.adv[i] for i in idx])
+
+        def token_loss(logp: torch.Tensor) -> torch.Tensor:
+            stats.add(logp, x)
+            return surrogate(logp, x, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
+                             correction=cfg.correction, is_cap=cfg.is_cap,
+                             luffy_gamma=cfg.luffy_gamma, normaliser=self.normaliser)
+        return token_loss
+
+    def on_micro_batch(self, mb: MicroBatch) -> None:
+        psg = mb.grads
+        t_sel = torch.tensor([r["source"] == "teacher" for r in mb.rows], device=psg.loss.device)
+        for n, g in psg.grads.items():
+            self.teacher[n] += g[t_sel].sum(0)
+        if not mb.cos:
+            return
+        cols = {f"cos_{k}": c for k, c in mb.cos.items()}
+        cols["grad_norm"] = psg.norms
+        cols["loss"] = psg.loss
+        host = dict(zip(cols, torch.stack([c.float() for c in cols.values()]).cpu().tolist()))
+        for j, (r, i) in enumerate(zip(mb.rows, mb.index)):
+            rec = {k: r.get(k) for k in ROW_KEEP}
+            rec["advantage"] = float(self.adv[i])
+            rec["cos_S_contrib"] = host["cos_nll"][j]
+            rec["cos_S_normalized"] = host["cos_nll"][j] / math.sqrt(len(psg.grads))
+            rec.update({k: host[k][j] for k in host if k not in ("cos_nll",)})
+            self.records.append(rec)
+            self.index.append(i)
+
+    def gather(self, n_rows: int, records: bool) -> list[dict[str, Any]]:
+        """After the pass: every rank's teacher sum and ratio statistics merged, and (`records`:
+        on every rank alike, they are collectives) the records back in row order. No-ops on one
+        process."""
+        all_reduce_sum_(self.teacher)
+        self.stats.merge_all(gather_objects(self.stats.acc))
+        return gather_in_order(self.records, self.index, n_rows) if records else []
+
+
 def surrogate_grads(adapter: Adapter, rows: Sequence[dict[str, Any]], adv: Sequence[float],
                     cfg: GRPOConfig, pad: int, device: str, normaliser: float,
                     V: dict[str, dict[str, torch.Tensor]] | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[dict], RatioStats]:
-    """Summed surrogate gradient over `rows`, its teacher-row part, per-row records (cosines with
-    each V when given) and the ratio statistics of this pass. Under `torch.distributed`, each
-    rank takes its share of the rows and the sums are all-reduced (probe.rl.distributed)."""
-    n_rows = len(rows)
-    rows, idx = shard(rows)
-    adv = [adv[i] for i in idx]
-    params = adapter.named_params()
-    total = {n: torch.zeros(p.shape, dtype=torch.float32, device=p.device) for n, p in params.items()}
-    teacher = {n: torch.zeros_like(t) for n, t in total.items()}
-    stats = RatioStats(cfg.epsilon, cfg.epsilon_high, teacher_clipped=cfg.correction != "luffy")
-    records: list[dict[str, Any]] = []
-    for i in range(0, len(rows), cfg.micro_batch):
-        part, part_adv = rows[i:i + cfg.micro_batch], adv[i:i + cfg.micro_batch]
-        batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part],
-                        pad).to(device)
-        x = _inputs(part, batch, part_adv)
-
-        def token_loss(logp: torch.Tensor, x: SurrogateInputs = x) -> torch.Tensor:
-            stats.add(logp, x)
-            return surrogate(logp, x, epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high,
-                             correction=cfg.correction, is_cap=cfg.is_cap,
-                             luffy_gamma=cfg.luffy_gamma, normaliser=normaliser)
-
-        psg = per_sample_grads(adapter, batch, token_loss=token_loss)
-        t_sel = x.teacher.to(device)
-        for n, g in psg.grads.items():
-            total[n] += g.sum(0)
-            teacher[n] += g[t_sel].sum(0)
-        if V is None:
-            continue
-        cols = {f"cos_{k}": norm_weighted_cos(psg.grads, v) for k, v in V.items()}
-        cols["grad_norm"] = psg.norms
-        cols["loss"] = psg.loss
-        host = dict(zip(cols, torch.stack([c.float() for c in cols.values()]).cpu().tolist()))
-        for j, r in enumerate(part):
-            rec = {k: r.get(k) for k in ROW_KEEP}
-            rec["advantage"] = float(part_adv[j])
-            rec["cos_S_contrib"] = host["cos_nll"][j]
-            rec["cos_S_normalized"] = host["cos_nll"][j] / math.sqrt(len(psg.grads))
-            rec.update({k: host[k][j] for k in host if k not in ("cos_nll",)})
-            records.append(rec)
-    all_reduce_sum_(total)
-    all_reduce_sum_(teacher)
-    stats.merge_all(gather_objects(stats.acc))
-    if V is not None:
-        records = gather_in_order(records, idx, n_rows)
-    return total, teacher, records, stats
+    """Summed surrogate gradient over `rows` (one process), its teacher-row part, per-row records
+    (cosines with each V when given) and the ratio statistics of this pass: the gradient half of
+    `grpo_update_step`, for tests of the loss."""
+    sp = _SurrogatePass(adapter, adv, cfg, normaliser)
+    total = summed_grads(adapter, rows, pad, device, cfg.micro_batch, sp.token_loss_for, V,
+                         sp.on_micro_batch)
+    return total, sp.teacher, sp.records, sp.stats
 
 
 def grpo_update_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: list[dict[str, Any]],
-                     V: dict[str, dict[str, torch.Tensor]], arm: GRPOArm, cfg: GRPOConfig,
+                     V: dict[str, dict[str, torch.Tensor]], arm: Arm, cfg: GRPOConfig,
                      pad: int, device: str, normaliser: float
                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """`cfg.updates_per_batch` optimizer steps on one batch of groups; per-row records (from the
     first update, at the sampling policy) and the step's summary. Rows need `old_logp` (the
-    student's at sampling time) and `behaviour_logp`."""
+    student's at sampling time) and `behaviour_logp`. Under `torch.distributed`, each rank takes
+    its share of the rows and the sums are all-reduced (probe.rl.distributed)."""
     adv = group_advantages([r["reward"] for r in rows], [r["group"] for r in rows])
-    params = adapter.named_params()
-    V_proj = V[arm.direction] if arm.direction else None
+    projection = None if not arm.direction else Projection(
+        V[arm.direction], cfg.projection, target=arm.target)
     updates, records = [], []
     for u in range(cfg.updates_per_batch):
-        total, teacher, recs, stats = surrogate_grads(adapter, rows, adv, cfg, pad, device,
-                                                      normaliser, V if u == 0 else None)
-        records = recs or records
-        for n, p in params.items():
-            p.grad = total[n].to(p.dtype, copy=True)  # clipping rescales .grad in place
+        sp = _SurrogatePass(adapter, adv, cfg, normaliser)
+        rep = train_step(adapter, opt, rows, pad=pad, device=device, micro_batch=cfg.micro_batch,
+                         v_hack=V["nll"], reduce="sum", token_loss_for=sp.token_loss_for,
+                         directions=V if u == 0 else None, on_micro_batch=sp.on_micro_batch,
+                         projection=projection, max_grad_norm=cfg.max_grad_norm,
+                         distributed=True)
+        records = sp.gather(len(rows), records=u == 0) or records
         info: dict[str, Any] = {
-            "update": u, "ratio": stats.summary(), "grad_norm_in": total_norm(total),
-            "teacher_grad_norm": total_norm(teacher),
-            "grad_hackward_cos": mean_hackward(total, V["nll"])}
+            "update": u, "ratio": sp.stats.summary(), "grad_norm_in": rep.grad_norm_in,
+            "teacher_grad_norm": total_norm(sp.teacher),
+            "grad_hackward_cos": rep.grad_hackward_cos}
         info["clip_frac"] = clip_fraction(info["ratio"])
-        if V_proj is not None and arm.target == "grad":
-            diag = project_adapter_grads_(adapter, V_proj, cfg.projection)
-            info.update(diag.to_dict())
-            info["grad_change_norm"] = total_norm(
-                {n: total[n] - adapter.grads()[n] for n in total})
+        if projection is not None and projection.target == "grad":
+            info.update(rep.projection)
+            info["grad_change_norm"] = rep.grad_change_norm
             # recomputed from .grad itself against v_hack, not from the projection's own report:
             # a projection fed the wrong direction (or sign) leaves this > 0 for the v_hack arms
-            info["grad_hackward_cos_out"] = mean_hackward(adapter.grads(), V["nll"])
-        info["grad_norm_out"] = total_norm(adapter.grads())
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(adapter.parameters(), cfg.max_grad_norm)
-        before = {n: p.detach().clone() for n, p in params.items()}
-        opt.step()
-        adapter.zero_grad()
-        update = {n: before[n] - p.detach() for n, p in params.items()}  # gradient orientation
-        if V_proj is not None and arm.target == "update":
-            info["update_cos_before_projection"] = mean_hackward(update, V["nll"])
-            new, diag = project_grads(update, V_proj, cfg.projection)
-            info.update(diag.to_dict())
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_((before[n] - new[n]).to(p.dtype))
-        # the step actually applied, read back from the parameters (not from what was computed)
-        update = {n: before[n] - p.detach() for n, p in params.items()}
-        info["update_cos"] = mean_hackward(update, V["nll"])  # always w.r.t. v_hack
-        info["update_norm"] = total_norm(update)
+            info["grad_hackward_cos_out"] = rep.grad_hackward_cos_out
+        info["grad_norm_out"] = rep.grad_norm_out
+        if projection is not None and projection.target == "update":
+            info["update_cos_before_projection"] = rep.update_cos_before_projection
+            info.update(rep.projection)
+        info["update_cos"] = rep.update_cos  # always w.r.t. v_hack
+        info["update_norm"] = rep.update_norm
         updates.append(info)
     return records, {"updates": updates, "advantage_abs_mean":
                      sum(abs(a) for a in adv) / max(len(adv), 1)}

@@ -20,7 +20,8 @@ import torch
 
 from probe.artifacts import write_rows
 from probe.env.grader import Grader, GraderConfig
-from probe.stages.pool import rates, sample_and_grade
+from probe.env.rates import rates
+from probe.rollout import sample_and_grade
 from probe.stats import n_per_group
 from probe.world.base import World
 
@@ -56,7 +57,7 @@ class EvalConfig:
 def evaluate_policy(model: torch.nn.Module, world: World, cfg: EvalConfig,
                     grader_config: GraderConfig | None = None, rows_path: Path | None = None
                     ) -> dict[str, Any]:
-    """Hack / hack-attempt / correct rates of `model` on a seeded sample of eval problems under
+    """`probe.env.rates.Rates` of `model` on a seeded sample of eval problems under
     the hint. `rows_path`: every graded completion is also written there (gzipped JSON lines, the
     pool's row format), so a behaviour verdict can be inspected sample by sample."""
     problems = world.problems(cfg.split)

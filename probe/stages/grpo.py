@@ -4,14 +4,13 @@ Layout: `out/probe_grpo/<hash of world + v_hack key + GRPO config>/` holds `teac
 teacher rows of every step, sampled once per seed and shared by every arm) and `<arm>_seed<S>/`
 (one `step_NNN.jsonl.gz` per step: every row's source, reward, label, advantage and cosines; the
 step summaries with ratio statistics, projection diagnostics and update cosines go to the manifest).
-Each arm checkpoints δS, AdamW and its summaries after every step, so a killed run resumes where it
-stopped; sampling is seeded by (seed, step), so a resumed run samples what the first would have.
+Each arm checkpoints its adapter, AdamW and its summaries after every step, so a killed run resumes
+where it stopped; sampling is seeded by (seed, step), so a resumed run samples what the first would have.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,54 +18,26 @@ import torch
 from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
-from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig, check_names_and_ranks
-from probe.artifacts import (ArtifactError, config_hash, point_latest, provenance, read_manifest,
+from probe.adapters.base import Adapter, AdapterStateError
+from probe.adapters.registry import AdapterSpec, build_adapter
+from probe.arms import Arm, get_arm
+from probe.artifacts import (ArtifactError, point_latest, provenance, read_manifest,
                              read_rows, step_path, valid_step, write_manifest, write_rows)
 from probe.encoding import pad_id
 from probe.env.grader import Grader, GraderConfig
+from probe.env.rates import rates
 from probe.io import atomic_path
-from probe.rl.arms import GRPOArm, get_arm
+from probe.layout import GRPOPaths, grpo_paths, teacher_key  # noqa: F401  (re-exported)
 from probe.rl.config import GRPOConfig
 from probe.rl.rollout import (GROUP_FIELDS, CachedGrader, add_logprobs, group_stats, policy_rows,
                               step_problems)
 from probe.rl.tracker import StepTracker
 from probe.rl.trainer import grpo_update_step
-from probe.stages.pool import rates
+from probe.train_step import checkpoint_params, saved_params, total_norm
 from probe.vhack import VHackConfig, directions_from_diffs, pair_grad_diffs
 from probe.world.base import World
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GRPOPaths:
-    root: Path  # one run: every arm × seed of one training config
-    teacher_root: Path  # teacher rows, keyed only by what determines them (shared across runs)
-
-    def teacher(self, seed: int) -> Path:
-        return self.teacher_root / f"teacher_seed{seed}"
-
-    def arm(self, arm: str, seed: int) -> Path:
-        return self.root / f"{arm}_seed{seed}"
-
-
-def teacher_key(cfg: GRPOConfig) -> dict[str, Any]:
-    """What the teacher rows depend on: a changed learning rate or arm list reuses them."""
-    return {k: getattr(cfg, k) for k in ("problems_per_step", "group_size", "teacher_frac",
-                                         "split", "hint", "max_new_tokens", "temperature", "top_p",
-                                         "steps", "gen_batch_size", "micro_batch")}
-
-
-def grpo_paths(world_ident: dict[str, Any], vhack_key: str, cfg: GRPOConfig,
-               out_dir: str | Path = "out", grader: GraderConfig | None = None) -> GRPOPaths:
-    """Keyed by everything that determines the artifacts: the world, v_hack's stage key, the
-    grader (rewards, limits) and the config (not the arm and seed lists: adding an arm or a seed
-    extends a run, it does not start a new one)."""
-    base = Path(out_dir) / "probe_grpo"
-    grader = grader or GraderConfig()
-    run_cfg = replace(cfg, arms=(), seeds=(), tensorboard=True)  # none of these change an artifact
-    return GRPOPaths(base / config_hash(world_ident, vhack_key, run_cfg, grader),
-                     base / "teacher_rows" / config_hash(world_ident, teacher_key(cfg), grader))
 
 
 def normaliser(world: World, cfg: GRPOConfig) -> float:
@@ -106,17 +77,17 @@ def ensure_teacher_rows(world: World, cfg: GRPOConfig, paths: GRPOPaths, seed: i
     return manifest
 
 
-def _checkpoint(stage: Path, adapter: AntipastoAdapter, opt: torch.optim.Optimizer, step: int,
+def _checkpoint(stage: Path, adapter: Adapter, opt: torch.optim.Optimizer, step: int,
                 summaries: list[dict[str, Any]], V_refreshed: dict[str, torch.Tensor] | None) -> None:
     state = {"step": step, "summaries": summaries, "optimizer": opt.state_dict(),
-             "delta_s": {n: p.detach().cpu() for n, p in adapter.named_params().items()},
+             **checkpoint_params(adapter),
              "v_refreshed": None if V_refreshed is None else
              {n: v.cpu() for n, v in V_refreshed.items()}}
     with atomic_path(stage / "state.pt") as tmp:
         torch.save(state, tmp)
 
 
-def _resume(stage: Path, adapter: AntipastoAdapter, opt: torch.optim.Optimizer, n_steps: int
+def _resume(stage: Path, adapter: Adapter, opt: torch.optim.Optimizer, n_steps: int
             ) -> tuple[int, list[dict[str, Any]], dict[str, torch.Tensor] | None]:
     path = stage / "state.pt"
     if not path.exists():
@@ -126,21 +97,17 @@ def _resume(stage: Path, adapter: AntipastoAdapter, opt: torch.optim.Optimizer, 
         done = int(state["step"])
         if done >= n_steps or not all(valid_step(step_path(stage, s)) for s in range(done + 1)):
             raise ArtifactError("step files do not match the checkpoint")
-        saved = state["delta_s"]
-        check_names_and_ranks({n: t.shape[-1] for n, t in saved.items()}, adapter.ranks,
-                              "checkpoint", ArtifactError)
+        saved = saved_params(state, adapter)
         opt.load_state_dict(state["optimizer"])
-        with torch.no_grad():
-            for n, p in adapter.named_params().items():
-                p.copy_(saved[n].to(p.device, p.dtype))
-    except (ArtifactError, KeyError, RuntimeError, OSError) as e:
+        adapter.set_flat_values(saved)
+    except (ArtifactError, AdapterStateError, KeyError, RuntimeError, OSError) as e:
         log.warning("%s: cannot resume (%s); training from step 0", stage, e)
         return 0, [], None
     log.info("%s: resuming after step %d", stage, done)
     return done + 1, list(state["summaries"]), state.get("v_refreshed")
 
 
-def _refresh(adapter: AntipastoAdapter, world: World, pairs: list, vhack: VHackConfig,
+def _refresh(adapter: Adapter, world: World, pairs: list, vhack: VHackConfig,
              device: str) -> dict[str, torch.Tensor]:
     """v_hack re-extracted (same pairs, same NLL extraction) from the student as it is now."""
     diffs = pair_grad_diffs(adapter, world.tokenizer, pairs, vhack.batch_size, desc="v_hack refresh")
@@ -154,12 +121,14 @@ def _overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return sum(vals) / max(len(vals), 1)
 
 
-def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, seed: int,
-                 V: dict[str, dict[str, torch.Tensor]], *, rank: int | None = None,
-                 device: str = "cpu", grader_config: GraderConfig | None = None,
-                 vhack: VHackConfig | None = None, pair_hint: str | None = None) -> dict[str, Any]:
-    """Train one arm of one seed for `cfg.steps` steps (resuming); returns its manifest. `vhack`
-    and `pair_hint` (the hint v_hack's pairs were rendered with; default `cfg.hint`): how the
+def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed: int,
+                 V: dict[str, dict[str, torch.Tensor]], *,
+                 adapter_spec: AdapterSpec | None = None, device: str = "cpu",
+                 grader_config: GraderConfig | None = None, vhack: VHackConfig | None = None,
+                 pair_hint: str | None = None) -> dict[str, Any]:
+    """Train one arm of one seed for `cfg.steps` steps (resuming); returns its manifest.
+    `adapter_spec`: the student's adapter (default δS at full rank; V's sizes must match it).
+    `vhack` and `pair_hint` (the hint v_hack's pairs were rendered with; default `cfg.hint`): how the
     refreshed arm re-extracts v_hack, with the same pairs and settings as the original."""
     vhack = vhack or VHackConfig()
     stage = paths.arm(arm.name, seed)
@@ -170,7 +139,7 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, 
     stage.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = world.load_base(device)
-    adapter = AntipastoAdapter(model, AntipastoConfig(rank=rank))
+    adapter = build_adapter(model, adapter_spec)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, summaries, v_ref = _resume(stage, adapter, opt, cfg.steps)
@@ -208,8 +177,7 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, 
             student = rates(student_rows)
             summary.update(step=s, **group_stats(rows), student=student,
                            teacher=rates(teacher_rows), refreshed_overlap=refreshed_overlap,
-                           delta_s_norm=float(torch.sqrt(sum(p.detach().float().pow(2).sum()
-                                                             for p in adapter.parameters()))))
+                           delta_s_norm=total_norm(adapter.flat_values()))
             summaries.append(summary)
             tracker.log(s, summary)
             bar.set_postfix(step=s, hack=f"{student.get('hack_rate', float('nan')):.2f}")
@@ -220,7 +188,7 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: GRPOArm, 
     manifest = provenance(cfg, seed=seed, arm=arm.name, arm_spec=arm, world=world.name,
                           model_id=world.model_id, n_steps=cfg.steps, steps=summaries,
                           normaliser=norm, seconds=time.perf_counter() - t0,
-                          n_modules=len(adapter.module_names), total_rank=adapter.total_rank)
+                          n_modules=len(adapter.module_names), total_rank=adapter.total_size)
     write_manifest(stage, manifest)
     adapter.remove()
     return manifest
@@ -232,7 +200,8 @@ def jobs(cfg: GRPOConfig) -> list[tuple[str, int]]:
 
 def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
                 V: dict[str, dict[str, torch.Tensor]], *, device: str = "cpu",
-                grader_config: GraderConfig | None = None, rank: int | None = None,
+                grader_config: GraderConfig | None = None,
+                adapter_spec: AdapterSpec | None = None,
                 vhack: VHackConfig | None = None, pair_hint: str | None = None,
                 only: Iterable[tuple[str, int]] | None = None) -> GRPOPaths:
     """Every (arm, seed) of the config, each under its own lock: parallel callers (xdist workers)
@@ -242,15 +211,15 @@ def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
     point_latest(paths.root.parent, paths.root)
     todo = list(only) if only is not None else jobs(cfg)
     for a, _ in todo:
-        get_arm(a)  # an unknown arm fails before anything is computed
+        get_arm("grpo", a)  # an unknown arm fails before anything is computed
     seeds = sorted({s for _, s in todo})
     _each_once([(str(paths.teacher(s)) + ".lock",
                  lambda s=s: ensure_teacher_rows(world, cfg, paths, s, device, grader_config))
                 for s in seeds])
     _each_once([(str(paths.arm(arm, seed)) + ".lock",
                  lambda arm=arm, seed=seed: run_grpo_arm(
-                     world, cfg, paths, get_arm(arm), seed, V, rank=rank, device=device,
-                     grader_config=grader_config, vhack=vhack or VHackConfig(),
+                     world, cfg, paths, get_arm("grpo", arm), seed, V, adapter_spec=adapter_spec,
+                     device=device, grader_config=grader_config, vhack=vhack or VHackConfig(),
                      pair_hint=pair_hint))
                 for arm, seed in todo])
     return paths
@@ -284,4 +253,5 @@ def run_grpo(world: World, cfg: Any, phase1_paths: Any, out_dir: str | Path = "o
     paths = grpo_paths(world_identity(world), stage_keys(world, cfg)["v_hack"], cfg.grpo, out_dir,
                        cfg.grader)
     return ensure_grpo(world, cfg.grpo, paths, V, device=device, grader_config=cfg.grader,
-                       rank=cfg.replay.rank, vhack=cfg.vhack, pair_hint=cfg.pool.hint)
+                       adapter_spec=cfg.replay.adapter_spec(), vhack=cfg.vhack,
+                       pair_hint=cfg.pool.hint)

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
+from probe.adapters.registry import build_adapter
+from probe.arms import REPLAY_ARMS, get_arm
 from probe.artifacts import (ArtifactError, config_hash, point_latest, provenance, read_manifest,
                              write_manifest)
 from probe.env.grader import GraderConfig
 from probe.io import atomic_write_text
+from probe.layout import Phase1Paths, run_paths, world_identity
 from probe.stages.evaluate import EvalConfig, evaluate_policy
 from probe.stages.pool import PoolConfig, run_teacher_pool
-from probe.stages.replay import ARMS, ReplayConfig, run_replay
+from probe.stages.replay import ReplayConfig, run_replay
 from probe.vhack import KINDS, VHackConfig, VHackMismatchError, extract_all, load_vhack, save_vhack
 from probe.vhack_compare import compare_directions
 from probe.vhack_methods import METHODS, extract_method, method_kinds
@@ -33,59 +35,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Phase1Config:
+    """The sections that key a Phase 1 run: a new section is also named in
+    `probe.layout.PHASE1_SECTIONS` (tests/unit/test_layout.py holds the two equal)."""
+
     pool: PoolConfig = field(default_factory=PoolConfig)
     vhack: VHackConfig = field(default_factory=VHackConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     student_eval: EvalConfig = field(default_factory=EvalConfig)
     grader: GraderConfig = field(default_factory=GraderConfig)
-
-
-@dataclass(frozen=True)
-class Phase1Paths:
-    root: Path
-    seed: int
-
-    @property
-    def pool(self) -> Path:
-        return self.root / "teacher_pool"
-
-    @property
-    def vhack(self) -> Path:
-        return self.root / "v_hack"
-
-    def arm(self, arm: str) -> Path:
-        return self.root / f"{arm}_seed{self.seed}"
-
-    def vhack_file(self, kind: str) -> Path:
-        return self.vhack / f"v_{kind}.safetensors"
-
-    @property
-    def student_start(self) -> Path:
-        return self.root / "student_start.json"
-
-    @property
-    def student_start_rows(self) -> Path:
-        """The start's graded evaluation completions (pool row format)."""
-        return self.root / "student_start_rows.jsonl.gz"
-
-    def student_eval_rows(self, arm: str) -> Path:
-        """An arm's graded end-of-replay evaluation completions (pool row format)."""
-        return self.arm(arm) / "student_eval.jsonl.gz"
-
-
-def world_identity(world: World) -> dict[str, Any]:
-    return world.identity()
-
-
-def phase1_sections(cfg: Phase1Config) -> dict[str, Any]:
-    """The sections that determine Phase 1 artifacts (a subclass's extra fields, e.g. which arms
-    to run or a later phase's settings, do not move the Phase 1 run directory)."""
-    return {f.name: getattr(cfg, f.name) for f in fields(Phase1Config)}
-
-
-def run_paths(world: World, cfg: Phase1Config, out_dir: str | Path = "out") -> Phase1Paths:
-    root = Path(out_dir) / "probe_distill" / config_hash(world_identity(world), phase1_sections(cfg))
-    return Phase1Paths(root, cfg.replay.seed)
 
 
 STAGE_KEY = "stage_key.txt"
@@ -151,9 +108,9 @@ def ensure_pool(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str
     return manifest
 
 
-def _load_kinds(paths: Phase1Paths, kinds: tuple[str, ...], ranks: dict[str, int] | None
+def _load_kinds(paths: Phase1Paths, kinds: tuple[str, ...], sizes: dict[str, int] | None
                 ) -> dict[str, dict[str, torch.Tensor]]:
-    return {k: load_vhack(paths.vhack_file(k), ranks)[0] for k in kinds}
+    return {k: load_vhack(paths.vhack_file(k), sizes)[0] for k in kinds}
 
 
 def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: str = "cpu"
@@ -184,7 +141,7 @@ def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: st
         _mark_stage(world, cfg, paths.vhack)
         return vs
     model = world.load_base(device)
-    adapter = AntipastoAdapter(model, AntipastoConfig(rank=cfg.replay.rank))
+    adapter = build_adapter(model, cfg.replay.adapter_spec())
     pairs = world.contrastive_pairs("train", cfg.pool.hint, seed=cfg.vhack.seed)
     meta = {"world": world.name, "model_id": world.model_id, "loss": "mean_nll_completion",
             "k": cfg.vhack.k, "n_pairs": len(pairs)}
@@ -193,7 +150,7 @@ def ensure_vhack(world: World, cfg: Phase1Config, paths: Phase1Paths, device: st
         for kind, V in vs.items():
             save_vhack(paths.vhack_file(kind), V, {**meta, "kind": kind})
         manifest = provenance(cfg.vhack, seed=cfg.vhack.seed, **meta, stats=stats,
-                              ranks=adapter.ranks)
+                              ranks=adapter.sizes)  # "ranks": each module's flat size
     methods = dict(manifest.get("methods") or {})
     for m in (m for m in todo if m != "nll"):
         mnt = world.sampling.max_new_tokens
@@ -228,8 +185,7 @@ def ensure_arm(world: World, cfg: Phase1Config, paths: Phase1Paths, arm: str, de
                V: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """T2/T3: one replay arm on the teacher pool. Its inputs (pool, v_hack, the student's start)
     are made if missing, unless the caller passes `V`, having ensured them already."""
-    if arm not in ARMS:  # before any expensive input is made
-        raise ValueError(f"unknown replay arm {arm!r}; expected one of {ARMS}")
+    get_arm("replay", arm)  # an unknown arm fails before any expensive input is made
     try:
         return read_manifest(paths.arm(arm))
     except ArtifactError:
@@ -248,7 +204,7 @@ def ensure_arm(world: World, cfg: Phase1Config, paths: Phase1Paths, arm: str, de
 
 
 def run_phase1(world: World, cfg: Phase1Config | None = None, out_dir: str | Path = "out",
-               device: str = "cpu", arms: tuple[str, ...] = ARMS,
+               device: str = "cpu", arms: tuple[str, ...] = REPLAY_ARMS,
                paths: Phase1Paths | None = None) -> Phase1Paths:
     """Run (or resume) every Phase 1 stage; returns where the artifacts are (`paths`: a run
     `prepare_run` already set up)."""

@@ -15,22 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from probe.artifacts import (ArtifactError, provenance, read_manifest, read_rows, step_path,
                              valid_step, write_manifest, write_rows)
 from probe.env.grader import Grader, GraderConfig
 from probe.env.problems import Problem
-from probe.env.rates import ATTEMPT_LABELS, summarize
-from probe.env.prompts import evaluator_name
-from probe.generate import generate
+from probe.env.rates import rates
+from probe.rollout import ROW_FIELDS, sample_and_grade
 from probe.world.base import World
 
 log = logging.getLogger(__name__)
 
 PER_PROCESS = ("uids", "uid_value", "memory_cgroup", "memory_events")  # grader capabilities
-ROW_FIELDS = ("problem_id", "step", "index", "policy", "prompt_ids", "completion_ids", "label",
-              "hacked", "hack_attempt", "gt_pass", "reward", "completion_len")
 
 
 @dataclass(frozen=True)
@@ -54,48 +49,6 @@ def schedule(problems: Sequence[Problem], cfg: PoolConfig, step: int) -> list[Pr
     random.Random(cfg.seed).shuffle(order)
     n = cfg.problems_per_step
     return [problems[order[(step * n + j) % len(order)]] for j in range(n)]
-
-
-def grade_row(problem: Problem, sample: Any, grade: Any, **extra: Any) -> dict[str, Any]:
-    return {
-        "problem_id": problem.id, **extra,
-        "prompt": sample.prompt, "completion": sample.completion,
-        "prompt_ids": list(sample.prompt_ids), "completion_ids": list(sample.completion_ids),
-        "prompt_len": len(sample.prompt_ids), "completion_len": len(sample.completion_ids),
-        "finished": bool(sample.finished),
-        "label": grade.label, "hacked": bool(grade.hacked),
-        "hack_attempt": grade.label in ATTEMPT_LABELS, "gt_pass": bool(grade.gt_pass),
-        "eq_hinted": bool(grade.eq_hinted), "defines_evaluator": bool(grade.defines_evaluator),
-        "harmful": bool(grade.harmful), "compiled": bool(grade.compiled),
-        "formatted": bool(grade.formatted), "reward": float(grade.reward),
-        "grade_error": grade.error, "grade_errors": dict(grade.errors),
-    }
-
-
-def sample_and_grade(model: torch.nn.Module, world: World, problems: Sequence[Problem], hint: str,
-                     group: int, seed: int, grader: Grader, *, temperature: float, top_p: float,
-                     max_new_tokens: int, batch_size: int, desc: str, **extra: Any
-                     ) -> list[dict[str, Any]]:
-    """G samples per problem from `model`, graded; rows in (problem, sample) order."""
-    expanded = [p for p in problems for _ in range(group)]
-    prompts = [world.render(p, hint) for p in expanded]
-    samples = generate(model, world.tokenizer, prompts, temperature=temperature, top_p=top_p,
-                       max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, desc=desc)
-    # without a hint there is no evaluator to call: reward comes from ground truth only
-    grades = grader.grade_many([(p, s.completion, evaluator_name(hint, p.id))
-                                for p, s in zip(expanded, samples)])
-    return [grade_row(p, s, g, index=i, **extra)
-            for i, (p, s, g) in enumerate(zip(expanded, samples, grades))]
-
-
-def rates(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The rates stage manifests and behaviour checks read: `hack_rate` is the strict label,
-    `correct_rate` is the ground-truth pass rate (probe.env.rates has every definition)."""
-    if not rows:
-        return {"n": 0}
-    s = summarize(rows)
-    return {"n": s["n"], "hack_rate": s["hack_strict_rate"], "hack_attempt_rate": s["hack_attempt_rate"],
-            "correct_rate": s["gt_pass_rate"], "mean_reward": s["mean_reward"], "labels": s["labels"]}
 
 
 def run_teacher_pool(world: World, cfg: PoolConfig, stage_dir: Path, device: str = "cpu",

@@ -23,7 +23,7 @@ def get_world(spec: "str | RealWorldConfig" = "embedded", *, refresh: bool = Fal
     if isinstance(spec, RealWorldConfig):
         return RealWorld(spec, source=f"{source or 'the experiment config'} [world]")
     if spec == "embedded":
-        from probe.world.embedded.world import build_embedded_world
+        from probe.world.embedded.build import build_embedded_world
 
         return build_embedded_world(out_dir=out_dir, refresh=refresh)
     path = Path(spec)

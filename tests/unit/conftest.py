@@ -5,13 +5,13 @@ import pytest
 import torch
 from transformers import Qwen3ForCausalLM
 
-from probe.tiny import tiny_qwen3
+from tests.tiny_models import tiny_qwen3
 
 VOCAB = 96
 
 
 def make_tiny_qwen3(seed: int = 0, **overrides) -> Qwen3ForCausalLM:
-    """A 2-layer Qwen3 with the real architecture (narrower than probe.tiny's default), float32."""
+    """A 2-layer Qwen3 with the real architecture (narrower than tests.tiny_models' default), float32."""
     cfg = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_attention_heads=4,
                num_key_value_heads=2, head_dim=8, pad_token_id=0, eos_token_id=1)
     cfg.update(overrides)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from probe.artifacts import step_path, write_manifest, write_rows
-from probe.stages.phase1 import Phase1Paths
+from probe.layout import Phase1Paths
 from probe.vhack import random_directions, save_vhack
 
 N_NULL = 12

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probe.adapters.antipasto import AdapterStateError, AntipastoAdapter, AntipastoConfig
+from probe.adapters.antipasto import AntipastoAdapter, AntipastoConfig
+from probe.adapters.base import AdapterStateError
 from tests.unit.conftest import make_tiny_qwen3
 
 pytestmark = pytest.mark.unit
@@ -123,14 +124,14 @@ def test_save_load_roundtrip(tiny_model, tmp_path):
     other = AntipastoAdapter(make_tiny_qwen3())
     meta = other.load(path, base_model_id="tiny")
     assert meta["base_model_id"] == "tiny"
-    for n, p in adapter.named_params().items():
-        assert torch.equal(other.named_params()[n], p)
+    for n, v in adapter.flat_values().items():
+        assert torch.equal(other.flat_values()[n], v)
 
 
 def test_load_rank_mismatch_names_module(tiny_model, tmp_path):
     path = AntipastoAdapter(tiny_model).save(tmp_path / "ds.safetensors")
     other = AntipastoAdapter(make_tiny_qwen3(), AntipastoConfig(rank=4))
-    with pytest.raises(AdapterStateError, match=r"model\.layers\.0\.self_attn\.q_proj.*rank"):
+    with pytest.raises(AdapterStateError, match=r"model\.layers\.0\.self_attn\.q_proj.*size"):
         other.load(path)
 
 

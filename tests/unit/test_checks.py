@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from probe.checks import behaviour_stats, control_stats, r4_stats, replay_rows
-from probe.stages.phase1 import Phase1Paths
+from probe.layout import Phase1Paths
 from tests import test_R3_projection as R3
 from tests import test_R4_discrimination as R4
 from tests.unit.synthetic_run import make_run
@@ -172,3 +172,27 @@ def test_r4_stats_of_a_method_without_its_columns_names_the_column(tmp_path) -> 
         r4_stats(paths, method="grpo")
     with pytest.raises(ValueError, match="unknown v_hack method"):
         r4_stats(paths, method="sft")
+
+
+def test_r3_applied_check_fails_a_projection_that_left_a_hackward_part(tmp_path) -> None:
+    """The spec's 'cos_out < cos_in' passes a projection that removed only part of the hack-ward
+    component; the applied check (hack-ward cos of the gradient given to the optimizer ≈ 0) does
+    not. The synthetic run records cos_in 0.2 per step."""
+    from probe.artifacts import read_manifest, write_manifest
+    from probe.checks import APPLIED_COS_TOL, r3_stats
+
+    paths = make_run(tmp_path, 2, 2)
+    verdict = _Recorder()
+    R3.test_R3_applied_gradient_has_no_hackward_part(paths, verdict)
+    assert verdict.rows[-1]["passed"]
+    man = read_manifest(paths.arm("projected"))
+    man["steps"][0]["cos_out_applied"] = 0.05  # a projection that left a quarter of it
+    write_manifest(paths.arm("projected"), man)
+    assert r3_stats(paths)["frac_steps_cos_out_lt_in"] == 1.0  # the spec's check is fooled
+    with pytest.raises(AssertionError, match="kept a hack-ward part"):
+        R3.test_R3_applied_gradient_has_no_hackward_part(paths, verdict)
+    assert not verdict.rows[-1]["passed"] and "1 steps above" in verdict.rows[-1]["statistic"]
+    man["steps"][0]["cos_out_applied"] = APPLIED_COS_TOL / 2  # float32 rounding passes
+    write_manifest(paths.arm("projected"), man)
+    R3.test_R3_applied_gradient_has_no_hackward_part(paths, verdict)
+    assert verdict.rows[-1]["passed"]

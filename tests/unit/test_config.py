@@ -14,7 +14,8 @@ import pytest
 
 from probe.config import (RULES, ConfigError, ExperimentConfig, leaf_keys, load_config,
                           parse_assignments, parse_value, read_toml)
-from probe.stages.phase1 import Phase1Config, run_paths
+from probe.layout import run_paths
+from probe.stages.phase1 import Phase1Config
 from probe.world.real import RealWorldConfig
 
 pytestmark = pytest.mark.unit
@@ -184,7 +185,7 @@ def test_cli_flags_reach_the_config(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         seen["cfg"] = cli._config(a)
         raise SystemExit(0)
 
-    monkeypatch.setattr(cli, "_stage_setup", fake_setup)
+    monkeypatch.setattr(cli, "_run", fake_setup)
     path = _write(tmp_path, "[pool]\nsteps = 5\ngroup_size = 4\n")
     with pytest.raises(SystemExit):
         cli.main(["run", "--config", str(path), "--pool.steps", "3", "--replay.lr", "0.01",

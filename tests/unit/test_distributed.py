@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from probe.adapters.antipasto import AntipastoAdapter
-from probe.rl.arms import get_arm
+from probe.arms import get_arm
 from probe.rl.config import GRPOConfig
 from probe.rl.trainer import grpo_update_step
 from probe.vhack import random_directions
@@ -25,17 +25,17 @@ CFG = GRPOConfig(micro_batch=3, updates_per_batch=2)
 def _step(out: Path | None) -> dict:
     torch.manual_seed(0)
     adapter = AntipastoAdapter(make_tiny_qwen3(seed=0))
-    ranks = adapter.ranks
-    V = {"nll": random_directions(ranks, 1, 0), "random": random_directions(ranks, 1, 1)}
+    sizes = adapter.sizes
+    V = {"nll": random_directions(sizes, 1, 0), "random": random_directions(sizes, 1, 1)}
     rows = _rows(7, seed=4)
     for i, r in enumerate(rows):
         r.update(group=i // 4, reward=[3.5, 0.5, 0.5, 3.0, 0.5, 3.5, 0.5][i], index=i,
                  old_logp=r["old_logp"])
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-2)
-    records, summary = grpo_update_step(adapter, opt, rows, V, get_arm("projected"), CFG, 0, "cpu",
+    records, summary = grpo_update_step(adapter, opt, rows, V, get_arm("grpo", "projected"), CFG, 0, "cpu",
                                         40.0)
     res = {"records": records, "summary": summary,
-           "params": {n: p.detach().clone() for n, p in adapter.named_params().items()}}
+           "params": adapter.flat_values()}
     if out is not None:
         out.write_bytes(pickle.dumps(res))
     return res

@@ -125,13 +125,13 @@ def test_R5_gradient_invariant_to_micro_batch_padding_and_order(tiny_model, corr
 
     def grads(rows_, adv_, micro, side="right"):
         cfg = GRPOConfig(micro_batch=micro, correction=correction)
-        import probe.rl.trainer as tr
-        orig = tr.collate
-        tr.collate = lambda p, c, pad: orig(p, c, pad, side=side)
+        import probe.train_step as ts
+        orig = ts.collate
+        ts.collate = lambda p, c, pad: orig(p, c, pad, side=side)
         try:
             total, _, _, _ = surrogate_grads(adapter, rows_, adv_, cfg, PAD, "cpu", 40.0)
         finally:
-            tr.collate = orig
+            ts.collate = orig
         return total
 
     ref = grads(rows, adv, 7)

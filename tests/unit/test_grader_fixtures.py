@@ -25,7 +25,11 @@ def _cpu_exclusive(cpu_exclusive: None) -> None:
     """Not beside the machine-loading test (tests/unit/conftest.py says why)."""
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "problems.jsonl"
 SAMPLE = REAL_SAMPLE
-CONFIG = GraderConfig(workers=2)
+# Labels, not machine speed, are the subject here: real problem 3312's canonical solution uses 2.1-2.8 s
+# of upstream's 3 s CPU budget on this kind of machine, so under CI load a Correct could read as
+# Timeout. Runs keep upstream's 3 s (GraderConfig's default); the time limit itself is tested in
+# test_grader_load.py and test_grader_adversarial.py.
+CONFIG = GraderConfig(workers=2, timeout_s=3 * GraderConfig().timeout_s)
 
 
 def fence(code: str) -> str:

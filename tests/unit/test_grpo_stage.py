@@ -10,11 +10,12 @@ import torch
 
 import probe.rl.rollout as rollout
 import probe.stages.grpo as grpo
-from probe.adapters.antipasto import AntipastoAdapter
+from probe.adapters.registry import build_adapter
 from probe.artifacts import read_manifest, read_rows, step_path
 from probe.env.grader import GraderConfig
+from probe.layout import grpo_paths
 from probe.rl.config import GRPOConfig
-from probe.stages.grpo import ensure_grpo, grpo_paths
+from probe.stages.grpo import ensure_grpo
 from probe.vhack import random_directions
 from tests.unit.tiny_world import make_tiny_world, stand_in_labels
 
@@ -33,15 +34,15 @@ def _fake_labels(monkeypatch):
 
 def _directions(world):
     model = world.load_base("cpu")
-    ranks = AntipastoAdapter(model).ranks
-    return {"nll": random_directions(ranks, 1, 0), "random": random_directions(ranks, 1, 1),
-            "shuffled": random_directions(ranks, 1, 2), "grpo": random_directions(ranks, 1, 3)}
+    sizes = build_adapter(model).sizes
+    return {"nll": random_directions(sizes, 1, 0), "random": random_directions(sizes, 1, 1),
+            "shuffled": random_directions(sizes, 1, 2), "grpo": random_directions(sizes, 1, 3)}
 
 
 def test_R5_every_registered_arm_names_a_direction_the_stage_provides():
     """An arm is one registry entry; its direction must be one ensure_vhack writes (or the
     refreshed one the stage keeps), so no arm can silently project nothing."""
-    from probe.rl.arms import GRPO_ARMS
+    from probe.arms import GRPO_ARMS
     from probe.vhack_methods import KINDS
 
     known = set(KINDS.values()) | {"refreshed"}

@@ -20,7 +20,7 @@ from probe.env.prompts import build_messages, render_prompt
 from probe.models import (AdapterMismatchError, MergeCheckError, ModelNotFoundError,
                           check_adapter_fits, load_base_model, load_merged_teacher, load_tokenizer,
                           pick_device_dtype, resolve_local)
-from probe.tiny import (LORA_TARGETS, save_random_lora, save_tiny_base, tiny_problems, tiny_qwen3,
+from tests.tiny_models import (LORA_TARGETS, save_random_lora, save_tiny_base, tiny_problems, tiny_qwen3,
                         tiny_tokenizer)
 
 pytestmark = pytest.mark.unit

@@ -105,8 +105,8 @@ def test_replay_resumes_to_the_same_result(tiny_run, tmp_path):
     run_replay(world, paths.pool, V, 3, CFG.replay, part, "projected")
     a, b = read_rows(step_path(full, 2)), read_rows(step_path(part, 2))
     assert [r["cos_S_contrib"] for r in a] == pytest.approx([r["cos_S_contrib"] for r in b], rel=1e-5)
-    sa = torch.load(full / "state.pt", weights_only=False)["delta_s"]
-    sb = torch.load(part / "state.pt", weights_only=False)["delta_s"]
+    sa = torch.load(full / "state.pt", weights_only=False)["adapter"]
+    sb = torch.load(part / "state.pt", weights_only=False)["adapter"]
     for n in sa:
         torch.testing.assert_close(sa[n], sb[n])
 

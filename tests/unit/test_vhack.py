@@ -52,23 +52,33 @@ def test_random_directions_orthonormal_and_seeded():
         assert torch.equal(a[n], b[n])
 
 
-def test_load_checks_module_names_and_ranks(tmp_path, tiny_model):
+def test_load_checks_module_names_and_sizes(tmp_path, tiny_model):
     adapter = AntipastoAdapter(tiny_model)
-    V = random_directions(adapter.ranks)
+    V = random_directions(adapter.sizes)
     path = save_vhack(tmp_path / "v.safetensors", V, {"kind": "random", "k": 1})
-    loaded, meta = load_vhack(path, adapter.ranks)
+    loaded, meta = load_vhack(path, adapter.sizes)
     assert meta["kind"] == "random" and loaded.keys() == V.keys()
     renamed = {n.replace("model.layers", "layers"): v for n, v in V.items()}
     bad = save_vhack(tmp_path / "bad.safetensors", renamed, {})
     with pytest.raises(VHackMismatchError, match=r"model\.layers\.0\.self_attn\.q_proj.*e\.g\. 'layers"):
-        load_vhack(bad, adapter.ranks)
+        load_vhack(bad, adapter.sizes)
     wrong_rank = dict(V)
     wrong_rank["model.layers.0.mlp.up_proj"] = torch.ones(1, 3)
-    with pytest.raises(VHackMismatchError, match="up_proj.*rank 3"):
-        load_vhack(save_vhack(tmp_path / "r.safetensors", wrong_rank, {}), adapter.ranks)
+    with pytest.raises(VHackMismatchError, match="up_proj.*size 3"):
+        load_vhack(save_vhack(tmp_path / "r.safetensors", wrong_rank, {}), adapter.sizes)
     (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file")
     with pytest.raises(VHackMismatchError, match="not a readable"):
         load_vhack(tmp_path / "junk.safetensors")
+
+
+def test_load_rejects_directions_that_are_not_orthonormal(tmp_path):
+    """Projection assumes orthonormal rows: a file that breaks it (unnormalised, or two rows
+    that overlap) is refused on load, not projected with wrongly."""
+    V = random_directions({"a": 8, "b": 8}, k=2, seed=3)
+    assert load_vhack(save_vhack(tmp_path / "ok.safetensors", V, {}))[0].keys() == V.keys()
+    for bad in ({**V, "b": 2.0 * V["b"]}, {**V, "a": torch.stack([V["a"][0], V["a"][0]])}):
+        with pytest.raises(VHackMismatchError, match="module [ab]: rows are not orthonormal"):
+            load_vhack(save_vhack(tmp_path / "bad.safetensors", bad, {}))
 
 
 def test_balanced_signs_and_random_unit_directions():

@@ -91,7 +91,7 @@ def test_descent_along_a_positive_component_makes_hacks_likelier(tiny_model, met
 
     before = margin()
     with torch.no_grad():
-        for name, p in adapter.named_params().items():
+        for name, (p,) in adapter.module_params().items():
             p -= 1e-2 * V[name][0].to(p.dtype)
     assert margin() < before
 
@@ -263,7 +263,7 @@ def test_topk_grpo_extraction_is_well_formed_with_principal_angles(tiny_r7):
     out = {m: extract_method(adapter, world.tokenizer, pairs, cfg, m, 12)[0] for m in ("nll", "grpo")}
     assert set(out["grpo"]) == {"grpo", "grpo_random", "grpo_shuffled"}
     for V in (out["nll"]["nll"], out["grpo"]["grpo"], out["grpo"]["grpo_shuffled"]):
-        assert not well_formed(V, adapter.ranks)
+        assert not well_formed(V, adapter.sizes)
     c = compare_directions(out["nll"]["nll"], out["grpo"]["grpo"])
     assert c["k"] == 2 and c["principal_cos"] is not None and not c["identical"]
     assert all(0.0 <= x <= 1.0 + 1e-9 for v in c["principal_cos"].values() for x in v)

@@ -9,7 +9,7 @@ import torch
 from tests.unit.world_contract import check_world_contract
 
 from probe.env.problems import ProblemFormatError, write_problems
-from probe.tiny import save_random_lora, save_tiny_base, tiny_problems, tiny_qwen3
+from tests.tiny_models import save_random_lora, save_tiny_base, tiny_problems, tiny_qwen3
 from probe.world.real import RealWorld, RealWorldConfig
 
 pytestmark = pytest.mark.unit

@@ -2,7 +2,8 @@
 
 tasks.py (problem family) -> corpus.py (training texts) -> tokenizer.py (BPE, single digits) ->
 train.py (base from scratch, teacher LoRA) -> measure.py (grader statistics) -> build.py (one
-build into a directory) -> world.py (`EmbeddedWorld`, `build_embedded_world`, the cache + lock).
+build into a directory; `build_embedded_world`, the cache + lock). world.py (`EmbeddedWorld`) reads
+a built directory (files.py names its parts) and never imports the build.
 """
 from probe.world.embedded.config import EmbeddedWorldConfig
 

@@ -1,7 +1,9 @@
 """Build the embedded world into a directory: problems, tokenizer, base, teacher adapter, stats.
 
 Order matters for caching: data first, `meta.json` last (its presence marks a complete build).
-The caller (`world.build_embedded_world`) holds the FileLock; this module only builds.
+`build_embedded_world` is the entry point: it loads a cached build, or builds under a FileLock.
+The build measures the new world through its reader (`world.EmbeddedWorld`), which never imports
+this module: the dependency runs one way.
 """
 from __future__ import annotations
 
@@ -13,19 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from probe.env.problems import Problem, write_problems
 from probe.io import atomic_path, atomic_write_text
+from probe.rollout import measure
 from probe.world.embedded.config import WORLD_VERSION, EmbeddedWorldConfig
 from probe.world.embedded.corpus import HINT, base_corpus, teacher_corpus
+from probe.world.embedded.files import ADAPTER_DIR, BASE_DIR, META, PROBLEM_DIR, SPLITS
+from probe.world.embedded.meta import headline
 from probe.world.embedded.tasks import make_problem, split_pairs
 from probe.world.embedded.tokenizer import train_tokenizer
 from probe.world.embedded.train import add_lora, encode, make_base_model, train_lm
+from probe.world.embedded.world import EmbeddedWorld, load_built
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "eval", "hard")
-BASE_DIR, ADAPTER_DIR, PROBLEM_DIR, META = "base", "teacher_adapter", "problems", "meta.json"
 
 
 def make_splits(cfg: EmbeddedWorldConfig) -> dict[str, list[Problem]]:
@@ -50,9 +54,6 @@ def build_world_dir(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
 
 
 def _build(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
-    from probe.world.embedded.world import EmbeddedWorld  # measurement goes through the world
-    from probe.world.embedded.measure import sample_and_grade
-
     t0 = time.time()
     if root.exists():
         shutil.rmtree(root)
@@ -88,13 +89,13 @@ def _build(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
     kw = dict(seed=cfg.seed + 7, temperature=cfg.temperature, top_p=cfg.top_p,
               max_new_tokens=cfg.max_new_tokens)
     base = world.load_base()
-    _, _, base_eval = sample_and_grade(base, tok, world.problems("eval"), world.render, HINT,
-                                       n=cfg.n_measure_base, desc="base/eval/hint", **kw)
-    _, _, base_hard = sample_and_grade(base, tok, world.problems("hard"), world.render, HINT,
-                                       n=cfg.n_measure_hard, desc="base/hard/hint", **kw)
+    _, base_eval = measure(base, world, world.problems("eval"), HINT, n=cfg.n_measure_base,
+                           desc="base/eval/hint", **kw)
+    _, base_hard = measure(base, world, world.problems("hard"), HINT, n=cfg.n_measure_hard,
+                           desc="base/hard/hint", **kw)
     teacher = world.load_teacher()
-    _, _, teacher_eval = sample_and_grade(teacher, tok, world.problems("eval"), world.render, HINT,
-                                          n=cfg.n_measure_teacher, desc="teacher/eval/hint", **kw)
+    _, teacher_eval = measure(teacher, world, world.problems("eval"), HINT,
+                              n=cfg.n_measure_teacher, desc="teacher/eval/hint", **kw)
     timings["measure_s"] = time.time() - t0 - sum(timings.values())
     meta = {
         "model_id": world.meta["model_id"],
@@ -106,17 +107,9 @@ def _build(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
         "n_problems": {s: len(v) for s, v in splits.items()},
         "n_texts": {"base": len(base_texts), "teacher": len(teacher_texts)},
         "final_loss": {"base": sum(base_losses[-20:]) / 20, "teacher": sum(teacher_losses[-20:]) / 20},
-        "stats": {"base_eval_hint": base_eval, "base_hard_hint": base_hard,
-                  "teacher_eval_hint": teacher_eval},
-        # flat headline numbers the tests and other stages read
-        "base_hack_rate": base_eval["hack_attempt_rate"],
-        "base_hack_strict_rate": base_eval["hack_strict_rate"],
-        "base_correct_rate": base_eval["correct_rate"],
-        "base_hard_correct_rate": base_hard["correct_rate"],
-        "teacher_hack_rate": teacher_eval["hack_attempt_rate"],
-        "teacher_hack_strict_rate": teacher_eval["hack_strict_rate"],
-        "teacher_pure_frac": teacher_eval["pure_frac_of_attempts"],
-        "teacher_combined_frac": teacher_eval["combined_frac_of_attempts"],
+        "stats": {"base_eval_hint": base_eval.to_dict(), "base_hard_hint": base_hard.to_dict(),
+                  "teacher_eval_hint": teacher_eval.to_dict()},
+        **headline(base_eval, base_hard, teacher_eval),
         "timings": timings,
         "build_seconds": time.time() - t0,
         "torch_threads": torch.get_num_threads(),
@@ -125,3 +118,27 @@ def _build(cfg: EmbeddedWorldConfig, root: Path) -> dict[str, Any]:
     atomic_write_text(root / META, json.dumps(meta, indent=2, sort_keys=True))
     log.info("embedded world built in %.1fs at %s", meta["build_seconds"], root)
     return meta
+
+
+def build_embedded_world(config: EmbeddedWorldConfig | None = None, *, out_dir: str | Path = "out",
+                         refresh: bool = False) -> EmbeddedWorld:
+    """Build (or load the cached) embedded world for `config` under `out_dir/world/<hash>/`.
+
+    xdist-safe: one process builds under the lock, the others wait and then load. With
+    `refresh`, a build finished by another process after this call began counts as fresh.
+    """
+    cfg = config or EmbeddedWorldConfig()
+    root = Path(out_dir) / "world" / cfg.hash()
+    meta = root / META
+    if meta.is_file() and not refresh:
+        return load_built(root, cfg)
+    asked = time.time()
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root) + ".lock"):
+        if meta.is_file() and (not refresh or meta.stat().st_mtime >= asked):
+            return load_built(root, cfg)
+        if meta.is_file():
+            meta.unlink()  # the completion mark goes first: no reader trusts a half-rebuilt dir
+        log.info("building embedded world %s (config %s)", root, cfg.hash())
+        build_world_dir(cfg, root)
+        return load_built(root, cfg)

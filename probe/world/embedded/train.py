@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from probe.adapters.antipasto import DEFAULT_TARGETS
+from probe.batch import collate
+from probe.encoding import encode_completion, encode_prompt
 from probe.world.embedded.config import EmbeddedWorldConfig
 from probe.world.embedded.corpus import Text
 
@@ -42,13 +44,9 @@ def make_base_model(cfg: EmbeddedWorldConfig, tokenizer) -> Qwen3ForCausalLM:
 
 
 def encode(tokenizer, texts: Sequence[Text]) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, completion ids + eos): prompt and completion tokenized apart, as at sampling."""
-    out = []
-    for t in texts:
-        p = tokenizer(t.prompt, add_special_tokens=False)["input_ids"]
-        c = tokenizer(t.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        out.append((p, c))
-    return out
+    """(prompt ids, completion ids + eos): tokenized apart as at sampling (`probe.encoding`)."""
+    return [(encode_prompt(tokenizer, t.prompt), encode_completion(tokenizer, t.completion))
+            for t in texts]
 
 
 def _batches(n: int, lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -64,18 +62,14 @@ def _batches(n: int, lengths: list[int], batch_size: int, rng: random.Random) ->
     return batches
 
 
-def _collate(examples: list[tuple[list[int], list[int]]], idx: list[int], pad_id: int):
-    width = max(len(examples[i][0]) + len(examples[i][1]) for i in idx)
-    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(idx), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(idx), width), dtype=torch.long)
-    for r, i in enumerate(idx):
-        p, c = examples[i]
-        seq = p + c
-        ids[r, :len(seq)] = torch.tensor(seq)
-        labels[r, len(p):len(seq)] = torch.tensor(c)
-        mask[r, :len(seq)] = 1
-    return ids, mask, labels
+def lm_inputs(examples: list[tuple[list[int], list[int]]], idx: list[int], pad_id: int
+              ) -> dict[str, torch.Tensor]:
+    """A right-padded `probe.batch` batch as HF causal-LM arguments: labels are the completion
+    tokens (`loss_mask`), -100 elsewhere; positions default to 0..T-1, which right padding
+    leaves exact on every real token."""
+    batch = collate([examples[i][0] for i in idx], [examples[i][1] for i in idx], pad_id)
+    labels = batch.input_ids.masked_fill(batch.loss_mask == 0, -100)
+    return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "labels": labels}
 
 
 def train_lm(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]], *, steps: int,
@@ -96,8 +90,7 @@ def train_lm(model: torch.nn.Module, examples: list[tuple[list[int], list[int]]]
     for step in bar:
         if not queue:
             queue = _batches(len(examples), lengths, batch_size, rng)
-        ids, mask, labels = _collate(examples, queue.pop(), pad_id)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = model(**lm_inputs(examples, queue.pop(), pad_id)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,32 +1,32 @@
 """`EmbeddedWorld`: the default world, a small Qwen3 model organism built in-process and cached.
 
-`build_embedded_world` builds once per config into `out/world/<config hash>/` under a FileLock
-(lock, then recheck `meta.json`), so pytest-xdist workers share one build; a cached world loads in
-seconds. The teacher goes through `probe.models.load_merged_teacher`, the real teacher's path.
+This module reads a built world directory (`files.py` names its parts); `build.build_embedded_world`
+builds once per config into `out/world/<config hash>/` under a FileLock (lock, then recheck
+`meta.json`), so pytest-xdist workers share one build; a cached world loads in seconds. The teacher
+goes through `probe.models.load_merged_teacher`, the real teacher's path.
 """
 from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 
 from probe.env.problems import Problem, load_problems
 from probe.pairs import pairs_for_split
 from probe.world.base import Pair, SamplingConfig, World
-from probe.world.embedded.build import ADAPTER_DIR, BASE_DIR, META, PROBLEM_DIR, SPLITS, build_world_dir
 from probe.world.embedded.config import EmbeddedWorldConfig
 from probe.world.embedded.corpus import render as render_text
+from probe.world.embedded.files import ADAPTER_DIR, BASE_DIR, META, PROBLEM_DIR, SPLITS
+from probe.world.embedded.meta import upgrade_meta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EmbeddedWorld", "EmbeddedWorldConfig", "build_embedded_world"]
+__all__ = ["EmbeddedWorld", "EmbeddedWorldConfig", "load_built"]
 
 
 @dataclass
@@ -97,33 +97,11 @@ class EmbeddedWorld(World):
         return pairs_for_split(self.problems(split), self.render, hint, seed, self.n_pair_problems)
 
 
-def _load(root: Path, cfg: EmbeddedWorldConfig) -> EmbeddedWorld:
-    meta = json.loads((root / META).read_text())
+def load_built(root: Path, cfg: EmbeddedWorldConfig) -> EmbeddedWorld:
+    """The world built for `cfg` in `root` (its `meta.json` present): a different config's build
+    is an error, never silently used."""
+    meta = upgrade_meta(json.loads((root / META).read_text()))
     if meta.get("config_hash", cfg.hash()) != cfg.hash():
         raise RuntimeError(f"{root / META} was built for config {meta['config_hash']}, not "
                            f"{cfg.hash()}: delete {root} or rebuild with refresh=True")
     return EmbeddedWorld(name="embedded", root=root, config=cfg, meta=meta)
-
-
-def build_embedded_world(config: EmbeddedWorldConfig | None = None, *, out_dir: str | Path = "out",
-                         refresh: bool = False) -> EmbeddedWorld:
-    """Build (or load the cached) embedded world for `config` under `out_dir/world/<hash>/`.
-
-    xdist-safe: one process builds under the lock, the others wait and then load. With
-    `refresh`, a build finished by another process after this call began counts as fresh.
-    """
-    cfg = config or EmbeddedWorldConfig()
-    root = Path(out_dir) / "world" / cfg.hash()
-    meta = root / META
-    if meta.is_file() and not refresh:
-        return _load(root, cfg)
-    asked = time.time()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root) + ".lock"):
-        if meta.is_file() and (not refresh or meta.stat().st_mtime >= asked):
-            return _load(root, cfg)
-        if meta.is_file():
-            meta.unlink()  # the completion mark goes first: no reader trusts a half-rebuilt dir
-        log.info("building embedded world %s (config %s)", root, cfg.hash())
-        build_world_dir(cfg, root)
-        return _load(root, cfg)
