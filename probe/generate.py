@@ -3,16 +3,40 @@
 Prompts are sorted by length so a batch wastes little padding, then results are put back in input
 order. Each batch reseeds from (seed, batch index), so the same prompts and seed give the same
 completions on the same machine.
+
+`compile=True` (CUDA): HF's static KV cache, whose decode step `generate` compiles (torch.compile,
+CUDA graphs) once per shape. Shapes are fixed per call: every batch is left-padded to the call's
+longest prompt rounded up to `prompt_bucket` and filled up to `batch_size` rows with copies of its
+last prompt (dropped after), so a run compiles once per (batch, cache length) and HF keeps the
+cache length at the largest seen. Eager generation is host-bound (tens of ms of kernel launches
+per token at 4B); the compile costs about a minute per shape (benchmarks/bench_real_shape.py).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
+
+COMPILE_ON_CUDA = False  # compile=None: the default on CUDA (CPU never compiles by default)
+PROMPT_BUCKET = 256
+
+
+@dataclass
+class GenerationStats:
+    """What the last `generate` call did: seconds per batch (the first batch of a new shape
+    includes its compile), and the shapes it ran."""
+
+    compiled: bool = False
+    batch_seconds: list[float] = field(default_factory=list)
+    shapes: list[tuple[int, int]] = field(default_factory=list)  # (rows, prompt width)
+
+
+LAST_STATS = GenerationStats()
 
 
 @dataclass
@@ -40,9 +64,13 @@ def stop_ids(model, tokenizer) -> set[int]:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, temperature: float = 0.7, top_p: float = 0.95,
-             max_new_tokens: int = 256, seed: int = 0, batch_size: int = 64,
-             desc: str | None = None) -> list[Sample]:
-    """Sample one completion per prompt (greedy when temperature == 0)."""
+             max_new_tokens: int = 256, seed: int = 0, batch_size: int | None = 64,
+             desc: str | None = None, compile: bool | None = None,
+             prompt_bucket: int = PROMPT_BUCKET) -> list[Sample]:
+    """Sample one completion per prompt (greedy when temperature == 0).
+
+    `batch_size=None` sizes batches from free memory (probe.memory); `compile=None` compiles on
+    CUDA when `COMPILE_ON_CUDA` is set (see the module docstring)."""
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad_token_id; set one before generating")
     eos_ids = stop_ids(model, tokenizer)
@@ -50,26 +78,43 @@ def generate(model, tokenizer, prompts: list[str], *, temperature: float = 0.7, 
     was_training = model.training
     model.eval()
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if batch_size is None:
+        from probe.memory import generation_batch
+        batch_size = generation_batch(model, max(map(len, encoded), default=1) + max_new_tokens,
+                                      device)
+    if compile is None:
+        compile = COMPILE_ON_CUDA and torch.device(device).type == "cuda"
+    fixed_width = -(-max(map(len, encoded), default=1) // prompt_bucket) * prompt_bucket \
+        if compile else None
     order = sorted(range(len(prompts)), key=lambda i: (len(encoded[i]), i))
     out: list[Sample | None] = [None] * len(prompts)
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    LAST_STATS.__init__(compiled=compile)
     for b, idx in enumerate(tqdm(batches, desc=desc or "generate", disable=desc is None,
                                  leave=False)):
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]):] = 1
+        rows = [encoded[i] for i in idx]
+        if compile:  # fixed shapes: full batches, one prompt width per call
+            rows += [rows[-1]] * (batch_size - len(rows))
+        width = fixed_width or max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, r in enumerate(rows):
+            ids[row, width - len(r):] = torch.tensor(r)
+            mask[row, width - len(r):] = 1
         torch.manual_seed(seed * 100003 + b)
         # top_k=0 explicitly: a checkpoint's generation_config (Qwen3: top_k=20) must not add a
         # filter the upstream sampler (temperature + top_p) does not have
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) \
             if temperature > 0 else dict(do_sample=False)
+        if compile:
+            sampling["cache_implementation"] = "static"
+        t0 = time.perf_counter()
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=list(eos_ids), **sampling)
         new = gen[:, width:].tolist()
+        LAST_STATS.batch_seconds.append(time.perf_counter() - t0)
+        LAST_STATS.shapes.append((len(rows), width))
         for row, i in enumerate(idx):
             comp: list[int] = []
             finished = False

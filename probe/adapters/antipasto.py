@@ -17,6 +17,7 @@ from torch import nn
 
 # DEFAULT_TARGETS and AdapterStateError are re-exported: older imports name this module
 from probe.adapters.base import DEFAULT_TARGETS, Adapter, AdapterStateError  # noqa: F401
+from probe.adapters.fused_svd import fused_delta_, use_fused
 
 if TYPE_CHECKING:
     from probe.adapters.registry import AdapterSpec
@@ -90,6 +91,9 @@ class _SVDBranch(nn.Module):
         self.delta_s = nn.Parameter(torch.zeros(r, dtype=torch.float32, device=weight.device))
         self.probe: torch.Tensor | None = None  # (B, r) while probing
         self.enabled = True
+        self.fused: bool | None = None  # None: fused_svd's default (on for CUDA training)
+        self._zero_key: tuple[int, int] | None = None  # δS (version, storage) when _zero was read
+        self._zero = True
 
     @property
     def rank(self) -> int:
@@ -101,6 +105,21 @@ class _SVDBranch(nn.Module):
         if self.probe is not None:  # per-sample offset, broadcast over the token axes
             s = s + self.probe.view(self.probe.shape[0], *([1] * (h.dim() - 2)), -1)
         return (h * s.to(h.dtype)) @ self.U.T
+
+    def ds_is_zero(self) -> bool:
+        """Is δS exactly zero? One host read per change of δS (its version counter moves on every
+        in-place update), not one per forward."""
+        key = (self.delta_s._version, self.delta_s.data_ptr())
+        if key != self._zero_key:
+            self._zero, self._zero_key = not bool(self.delta_s.detach().any()), key
+        return self._zero
+
+    def add_to(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """The wrapped Linear's output with this branch added (fused node or reference ops)."""
+        if use_fused(x, self.fused):
+            return fused_delta_(output, x, self.U, self.Vh, self.delta_s, self.probe,
+                                self.ds_is_zero())
+        return output + self.delta(x)
 
 
 class AntipastoAdapter(Adapter):
@@ -132,7 +151,7 @@ class AntipastoAdapter(Adapter):
         def hook(_mod: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor):
             if not branch.enabled:
                 return output
-            return output + branch.delta(inputs[0])
+            return branch.add_to(inputs[0], output)
         return hook
 
     @property

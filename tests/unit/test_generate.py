@@ -71,3 +71,24 @@ def test_rejects_tokenizer_without_pad(base_and_prompts):
     with pytest.raises(ValueError, match="pad_token_id"):
         generate(model, NoPad(), prompts[:1])
     assert isinstance(model, torch.nn.Module)
+
+
+def test_fixed_shape_path_pads_batches_and_keeps_order(base_and_prompts):
+    """compile=True: the static-cache path with one prompt width and full batches (on CPU HF does
+    not compile it); greedy completions equal the default path's, in input order."""
+    import probe.generate as gen
+    world, model, prompts = base_and_prompts
+    ref = generate(model, world.tokenizer, prompts, temperature=0, max_new_tokens=24, batch_size=5)
+    got = generate(model, world.tokenizer, prompts, temperature=0, max_new_tokens=24,
+                   batch_size=5, compile=True, prompt_bucket=64)
+    assert gen.LAST_STATS.compiled and {s[0] for s in gen.LAST_STATS.shapes} == {5}
+    assert len({s[1] for s in gen.LAST_STATS.shapes}) == 1
+    assert [s.prompt for s in got] == prompts
+    same = sum(a.completion_ids == b.completion_ids for a, b in zip(ref, got))
+    assert same >= len(prompts) - 1, "padding changed more than float rounding would"
+
+
+def test_auto_batch_size_from_free_memory(base_and_prompts):
+    world, model, prompts = base_and_prompts
+    a = generate(model, world.tokenizer, prompts[:4], seed=1, max_new_tokens=16, batch_size=None)
+    assert len(a) == 4
