@@ -281,3 +281,14 @@ def test_optimizer_step_changes_output_not_base_weights(init):
             assert torch.equal(p, frozen[n]), n
     m = adapter.modules[MOD]
     assert (m.B.abs().sum() > 0)
+
+
+@pytest.mark.parametrize("init", ["peft", "nonzero_b"])
+def test_bf16_model_gets_float32_factors_and_stays_identical(init):
+    """Small updates to bf16 factors would round away; PEFT computes the branch in the factors'
+    dtype and casts back, so the bf16 model is still bit-identical at init."""
+    model = make_tiny_qwen3().to(torch.bfloat16)
+    before = logits(model)
+    adapter = lora(model, init)
+    assert all(p.dtype == torch.float32 for p in adapter.parameters())
+    assert torch.equal(logits(model), before)
