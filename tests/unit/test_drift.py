@@ -27,7 +27,7 @@ def test_identical_sets_have_zero_angles():
     assert d.signed_cos == pytest.approx(1)
 
 
-@pytest.mark.parametrize("theta", [1e-4, 0.3, 1.0, math.pi / 2])
+@pytest.mark.parametrize("theta", [1e-7, 1e-4, 0.3, 1.0, math.pi / 2])
 def test_vector_rotated_by_theta(theta):
     E = basis(30, seed=1)
     v1 = E[0]
