@@ -54,6 +54,11 @@ from torch import nn
 from probe.adapters.base import Adapter
 from probe.io import atomic_path
 
+try:  # the shared error type, where the reshaped interface defines it
+    from probe.adapters.base import AdapterStateError
+except ImportError:
+    from probe.adapters.antipasto import AdapterStateError
+
 log = logging.getLogger(__name__)
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -63,8 +68,9 @@ ADAPTER_NAME = "default"  # PEFT's adapter key inside each LoraLayer
 FIXED_PREFIX = "fixed/"  # saved non-trainable state per module: anchors (nonzero_b), frozen A
 
 
-class LoraStateError(ValueError):
-    """A saved LoRA state does not fit the adapter it is loaded into."""
+class LoraStateError(AdapterStateError):
+    """A saved LoRA state does not fit the adapter it is loaded into (an AdapterStateError, so
+    callers and the contract test catch every kind's mismatch alike)."""
 
 
 @dataclass(frozen=True)
