@@ -287,7 +287,7 @@ class LoraAdapter(Adapter):
         tensors.update({FIXED_PREFIX + n: v.cpu().contiguous() for n, v in self._fixed().items()})
         meta = {"format": FORMAT, "kind": self.kind, "base_model_id": base_model_id,
                 "modules": json.dumps(self.module_names), "sizes": json.dumps(self.sizes),
-                "init": self.spec.init, "rank": str(self.spec.rank), "alpha": str(self.spec.alpha),
+                "init": self.spec.init, "rank": str(self.spec.rank), "alpha": str(float(self.spec.alpha)),
                 "seed": str(self.spec.seed)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -311,7 +311,7 @@ class LoraAdapter(Adapter):
         if base_model_id is not None and meta.get("base_model_id") not in (base_model_id, "unknown"):
             raise LoraStateError(f"{path}: saved for base model {meta.get('base_model_id')!r}, "
                                  f"loading into {base_model_id!r}")
-        for key, mine in (("init", self.spec.init), ("alpha", str(self.spec.alpha))):
+        for key, mine in (("init", self.spec.init), ("alpha", str(float(self.spec.alpha)))):
             if meta.get(key) != mine:
                 raise LoraStateError(f"{path}: LoRA {key} {meta.get(key)!r}, the adapter's is "
                                      f"{mine!r}")
@@ -331,11 +331,17 @@ class LoraAdapter(Adapter):
         return meta
 
 
-def build_lora(model: nn.Module, spec: LoraSpec) -> LoraAdapter:
-    """The registry's builder for kind "lora"."""
+def build_lora(model: nn.Module, spec) -> LoraAdapter:
+    """The registry's builder for kind "lora": takes a `LoraSpec` or the shared `AdapterSpec`,
+    whose unset fields (rank/alpha None, init "default") mean LoraSpec's defaults."""
     if spec.kind != "lora":
         raise ValueError(f"build_lora got a spec of kind {spec.kind!r}")
-    return LoraAdapter(model, spec)
+    d = LoraSpec()
+    rank = d.rank if spec.rank is None else spec.rank
+    return LoraAdapter(model, LoraSpec(
+        rank=rank, alpha=float(rank if spec.alpha is None else spec.alpha),
+        targets=tuple(spec.targets), init=d.init if spec.init == "default" else spec.init,
+        seed=getattr(spec, "seed", d.seed)))
 
 
 def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:

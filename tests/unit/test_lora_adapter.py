@@ -292,3 +292,25 @@ def test_bf16_model_gets_float32_factors_and_stays_identical(init):
     adapter = lora(model, init)
     assert all(p.dtype == torch.float32 for p in adapter.parameters())
     assert torch.equal(logits(model), before)
+
+
+def test_build_lora_reads_a_shared_spec_with_unset_fields(tmp_path):
+    """The registry's AdapterSpec leaves rank/alpha None and init "default": LoraSpec's defaults."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class SharedSpec:  # the fields of probe.adapters.registry.AdapterSpec
+        kind: str = "lora"
+        rank: int | None = None
+        alpha: float | None = None
+        targets: tuple[str, ...] = ("q_proj", "o_proj")
+        init: str = "default"
+        seed: int = 0
+
+    adapter = build_lora(make_tiny_qwen3(), SharedSpec())
+    assert adapter.spec == LoraSpec(rank=32, alpha=32.0, targets=("q_proj", "o_proj"))
+    assert len(adapter.modules) == 2 * 2
+    adapter.save(tmp_path / "s.safetensors")
+    build_lora(make_tiny_qwen3(), SharedSpec(alpha=32)).load(tmp_path / "s.safetensors")  # 32 == 32.0
+    with pytest.raises(ValueError, match="kind 'delta_s'"):
+        build_lora(make_tiny_qwen3(), SharedSpec(kind="delta_s"))
