@@ -311,13 +311,13 @@ class LoraAdapter(Adapter):
         if base_model_id is not None and meta.get("base_model_id") not in (base_model_id, "unknown"):
             raise LoraStateError(f"{path}: saved for base model {meta.get('base_model_id')!r}, "
                                  f"loading into {base_model_id!r}")
+        flat = {k: t for k, t in tensors.items() if not k.startswith(FIXED_PREFIX)}
+        fixed = {k[len(FIXED_PREFIX):]: t for k, t in tensors.items() if k.startswith(FIXED_PREFIX)}
+        _check_sizes({k: t.shape[-1] for k, t in flat.items()}, self.sizes, str(path))
         for key, mine in (("init", self.spec.init), ("alpha", str(float(self.spec.alpha)))):
             if meta.get(key) != mine:
                 raise LoraStateError(f"{path}: LoRA {key} {meta.get(key)!r}, the adapter's is "
                                      f"{mine!r}")
-        flat = {k: t for k, t in tensors.items() if not k.startswith(FIXED_PREFIX)}
-        fixed = {k[len(FIXED_PREFIX):]: t for k, t in tensors.items() if k.startswith(FIXED_PREFIX)}
-        _check_sizes({k: t.shape[-1] for k, t in flat.items()}, self.sizes, str(path))
         mine = self._fixed()
         _check_sizes({k: t.shape[-1] for k, t in fixed.items()},
                      {n: v.shape[-1] for n, v in mine.items()}, f"{path} (fixed state)")
