@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 TRAINERS = ("replay", "grpo")  # NLL replay of the teacher pool (Phase 1); Dr.GRPO (R5)
 TARGETS = ("grad", "update")  # the gradient before clipping and AdamW; the update AdamW applies
-ADAPTERS = ("delta_s",)  # the SVD δS adapter (R6 adds LoRA arms as entries)
+ADAPTERS = ("delta_s", "lora")  # the SVD δS adapter; LoRA (R6)
 REFRESHED = "refreshed"  # the direction re-extracted from the current student during training
 
 
