@@ -93,7 +93,8 @@ def drift(v1: dict[str, torch.Tensor], v2: dict[str, torch.Tensor]) -> DriftSumm
         mean_signed_cos=float(np.mean([m.signed_cos for m in per.values()])), per_module=per)
 
 
-def drift_over_steps(v0: dict[str, torch.Tensor], later: Sequence[tuple[int, dict[str, torch.Tensor]]]
+def drift_over_steps(v0: dict[str, torch.Tensor],
+                     later: Sequence[tuple[int, dict[str, torch.Tensor]]]
                      ) -> list[tuple[int, DriftSummary]]:
     """Each re-extraction (step, v_hack) against the initial one, in step order."""
     return [(step, drift(v0, v)) for step, v in sorted(later, key=lambda sv: sv[0])]

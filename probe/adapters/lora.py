@@ -20,7 +20,7 @@ training steps (whose A gradient grows with B) are unprotected along A. `LoraSpe
   init (ΔW = scale·(BA − B₀A₀)). The base weights are never touched (unlike PiSSA/OLoRA-style
   inits that fold the product into W; PEFT's "orthogonal" init has BA = 0 only up to rounding).
 - "frozen_a": A frozen at its random init, only B trains (LoRA-FA). The update scale·B·A is linear
-  in B with a fixed basis (like δS), B's gradient is non-zero at init, and the flat vector is B only.
+  in B with a fixed basis (like δS), B's gradient is non-zero at init; the flat vector is B only.
 - warm-up (a procedure, not an init): build with "peft", take a few unprojected steps on a neutral
   loss, then extract v_hack. Not offered as code: the extraction point then depends on the warm-up
   data and length, and those steps are unprotected in the projected arm.
@@ -210,7 +210,8 @@ class LoraAdapter(Adapter):
         return [p for ps in self.module_params().values() for p in ps]
 
     def flat_values(self) -> dict[str, torch.Tensor]:
-        return {n: _flat([p.detach() for p in ps]).float() for n, ps in self.module_params().items()}
+        return {n: _flat([p.detach() for p in ps]).float()
+                for n, ps in self.module_params().items()}
 
     def set_flat_values(self, flat: dict[str, torch.Tensor]) -> None:
         _check_sizes({n: v.shape[-1] for n, v in flat.items()}, self.sizes, "flat values")
@@ -290,7 +291,8 @@ class LoraAdapter(Adapter):
         tensors.update({FIXED_PREFIX + n: v.cpu().contiguous() for n, v in self._fixed().items()})
         meta = {"format": FORMAT, "kind": self.kind, "base_model_id": base_model_id,
                 "modules": json.dumps(self.module_names), "sizes": json.dumps(self.sizes),
-                "init": self.spec.init, "rank": str(self.spec.rank), "alpha": str(float(self.spec.alpha)),
+                "init": self.spec.init, "rank": str(self.spec.rank),
+                "alpha": str(float(self.spec.alpha)),
                 "seed": str(self.spec.seed)}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -311,8 +313,9 @@ class LoraAdapter(Adapter):
         if meta.get("kind") != self.kind:
             raise LoraStateError(f"{path}: a {meta.get('kind')!r} adapter state, loading into a "
                                  f"{self.kind!r} adapter")
-        if base_model_id is not None and meta.get("base_model_id") not in (base_model_id, "unknown"):
-            raise LoraStateError(f"{path}: saved for base model {meta.get('base_model_id')!r}, "
+        saved_for = meta.get("base_model_id")
+        if base_model_id is not None and saved_for not in (base_model_id, "unknown"):
+            raise LoraStateError(f"{path}: saved for base model {saved_for!r}, "
                                  f"loading into {base_model_id!r}")
         flat = {k: t for k, t in tensors.items() if not k.startswith(FIXED_PREFIX)}
         fixed = {k[len(FIXED_PREFIX):]: t for k, t in tensors.items() if k.startswith(FIXED_PREFIX)}

@@ -311,6 +311,7 @@ def test_build_lora_reads_a_shared_spec_with_unset_fields(tmp_path):
     assert adapter.spec == LoraSpec(rank=32, alpha=32.0, targets=("q_proj", "o_proj"))
     assert len(adapter.modules) == 2 * 2
     adapter.save(tmp_path / "s.safetensors")
-    build_lora(make_tiny_qwen3(), SharedSpec(alpha=32)).load(tmp_path / "s.safetensors")  # 32 == 32.0
+    same = build_lora(make_tiny_qwen3(), SharedSpec(alpha=32))  # an int alpha: 32 == 32.0
+    same.load(tmp_path / "s.safetensors")
     with pytest.raises(ValueError, match="kind 'delta_s'"):
         build_lora(make_tiny_qwen3(), SharedSpec(kind="delta_s"))
