@@ -68,8 +68,8 @@ def test_an_arm_the_trainer_cannot_run_is_refused():
         Arm("x", "replay", "nll", "update")
     with pytest.raises(ValueError, match="replay trainer"):
         Arm("x", "replay", "refreshed")
-    with pytest.raises(ValueError, match="adapter 'lora' is not one of"):
-        Arm("x", "grpo", adapter="lora")
+    with pytest.raises(ValueError, match="adapter 'dora' is not one of"):
+        Arm("x", "grpo", adapter="dora")
     with pytest.raises(ValueError, match="unknown replay arm 'projected_update'"):
         get_arm("replay", "projected_update")
     with pytest.raises(ValueError, match="unknown trainer"):
