@@ -96,7 +96,7 @@ def _resume(stage: Path, adapter: Adapter, opt: torch.optim.Optimizer, n_steps: 
     """(first step to run, summaries so far, the saved directions: "v_refreshed", "v_current")."""
     path = stage / "state.pt"
     if not path.exists():
-        return 0, [], None
+        return 0, [], {}
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
         done = int(state["step"])
