@@ -44,8 +44,8 @@ class R6Config:
     init: str = "nonzero_b"
     init_seed: int = 0  # LoRA's random factors: every arm and seed starts from the same ones
     # learning rates matched to δS's on the vanilla arms (README: the criterion and the sweep)
-    replay_lr: float = 3e-3
-    grpo_lr: float = 3e-3
+    replay_lr: float = 1e-3
+    grpo_lr: float = 1e-3
     drift_every: int = 5  # re-extract v_hack from the student after every this many steps
     seeds: tuple[int, ...] = ()  # GRPO seeds; () = grpo.seeds
 
