@@ -10,6 +10,7 @@ step 0 and resumed by 2 ranks ends where the uninterrupted run did.
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +112,6 @@ def _compare(one: dict[str, Any], many: dict[str, Any]) -> list[str]:
 def test_two_gloo_ranks_write_the_artifacts_of_one_process(tmp_path, monkeypatch):
     monkeypatch.setattr(rollout, "sample_and_grade", stand_in_labels(rollout.sample_and_grade))
     world = make_tiny_world(tmp_path / "world", max_new_tokens=6)
-    _run(world, tmp_path / "one")
-    one = _files(tmp_path / "one")
-    n_rows = CFG.problems_per_step * CFG.group_size
-    assert [len(r) for r in one["projected"]] == [n_rows] * CFG.steps
-    assert {r["reward"] for s in one["projected"] for r in s} == {0.5, 3.5}  # a real gradient
-    assert any(u["fired"] for st in one["steps"] for u in st["updates"])  # the projection acts
-
     real = grpo.grpo_update_step
     calls = {"n": 0}
 
@@ -127,17 +121,26 @@ def test_two_gloo_ranks_write_the_artifacts_of_one_process(tmp_path, monkeypatch
             raise KeyboardInterrupt("killed")
         return real(*a, **kw)
 
+    # the 1-process run is killed after step 0; a copy of what it left is resumed by 2 ranks,
+    # the original by 1 process (test_grpo_stage: a resumed run is the uninterrupted one)
     monkeypatch.setattr(grpo, "grpo_update_step", dies_at_step_1)
     with pytest.raises(KeyboardInterrupt):
-        _run(world, tmp_path / "resumed")
+        _run(world, tmp_path / "one")
     monkeypatch.setattr(grpo, "grpo_update_step", real)
-    assert (_paths(tmp_path / "resumed").arm("projected", 5) / "state.pt").exists()
+    assert (_paths(tmp_path / "one").arm("projected", 5) / "state.pt").exists()
+    shutil.copytree(tmp_path / "one", tmp_path / "resumed", symlinks=True)
+    _run(world, tmp_path / "one")
+    one = _files(tmp_path / "one")
+    n_rows = CFG.problems_per_step * CFG.group_size
+    assert [len(r) for r in one["projected"]] == [n_rows] * CFG.steps
+    assert {r["reward"] for s in one["projected"] for r in s} == {0.5, 3.5}  # a real gradient
+    assert any(u["fired"] for st in one["steps"] for u in st["updates"])  # the projection acts
 
     mp.spawn(_worker, args=(2, f"file://{tmp_path / 'init'}", world.config, str(tmp_path)),
              nprocs=2, join=True)
     loose = _compare(one, _files(tmp_path / "ranks"))
     _compare(one, _files(tmp_path / "resumed"))
-    # what is bit-identical and what is not: rows (ids, rewards, advantages, behaviour log-probs)
-    # always are; per-row cosines of rows a rank computes in another micro-batch, summaries and
-    # the adapter may differ in the last bits (the gradient is summed in another order)
-    print(f"\nnot bit-identical (within 1e-4): {len(loose)} values, e.g. {loose[:6]}")
+    # rows (ids, rewards, advantages, behaviour log-probs) are bit-identical (asserted above); the
+    # per-row cosines of rows a rank computes in another micro-batch, the summaries and the adapter
+    # may differ in the last bits (the gradient is summed in another order)
+    print(f"\nnot bit-identical (within 1e-4): {len(loose)} values, e.g. {loose[:3]}")
