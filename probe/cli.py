@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from probe.config import ExperimentConfig
+    from probe.layout import Phase1Paths
     from probe.orchestrate import Phase1Run
 
 
@@ -86,7 +87,7 @@ def _worker_args(a: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(a), "refresh": False, "jobs": 1})
 
 
-def _replay_job(a: argparse.Namespace, paths: object) -> None:
+def _replay_job(a: argparse.Namespace, paths: Phase1Paths) -> None:
     """One `probe run --jobs` worker: the replay arms nobody else holds (per-arm locks), while
     the parent holds the run's lock."""
     from probe.stages.grpo import _each_once
@@ -96,9 +97,8 @@ def _replay_job(a: argparse.Namespace, paths: object) -> None:
     cfg = _config(a)
     world = get_world(cfg.world, refresh=False, out_dir=a.out, source=a.config)
     device = _device(a.device)
-    _each_once([(str(paths.arm(arm)) + ".lock",  # type: ignore[attr-defined]
-                 lambda arm=arm: ensure_arm(world, cfg, paths, arm, device))  # type: ignore[arg-type]
-                for arm in cfg.arms])
+    _each_once([(str(paths.arm(arm)) + ".lock",
+                 lambda arm=arm: ensure_arm(world, cfg, paths, arm, device)) for arm in cfg.arms])
 
 
 def _grpo_job(a: argparse.Namespace) -> None:
