@@ -146,6 +146,13 @@ def grpo_run(phase1_run: "Phase1Run", v_hack: "Phase1Paths"):
     return phase1_run.grpo(), phase1_run.cfg.grpo
 
 
+@pytest.fixture(scope="session")
+def r6_run(phase1_run: "Phase1Run", phase1: "Phase1Paths"):
+    """R6: the LoRA v_hack and replay, δS's and LoRA's GRPO arms × seeds (R5's δS vanilla arm
+    included); returns (R6 paths, Phase 1 paths, experiment config)."""
+    return phase1_run.r6(), phase1, phase1_run.cfg
+
+
 # -- the verdict table printed at the end of `pytest -m uat` --------------------------------------
 
 _VERDICTS: list[dict] = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 TRAINERS = ("replay", "grpo")  # NLL replay of the teacher pool (Phase 1); Dr.GRPO (R5)
 TARGETS = ("grad", "update")  # the gradient before clipping and AdamW; the update AdamW applies
-ADAPTERS = ("delta_s",)  # the SVD δS adapter (R6 adds LoRA arms as entries)
+ADAPTERS = ("delta_s", "lora")  # the SVD δS adapter; LoRA (R6)
 REFRESHED = "refreshed"  # the direction re-extracted from the current student during training
 
 
@@ -61,6 +61,14 @@ ARMS: tuple[Arm, ...] = (
         why="R7's v_hack, extracted through this loss, projected from the gradient"),
     Arm("projected_refresh", "grpo", REFRESHED,
         why="v_hack re-extracted from the current student (the prior implementation's variant)"),
+    # R6: the same arms in a LoRA basis (v_hack extracted through the LoRA adapter); run by the R6
+    # stage beside R5's δS arms, not by default in Phase 1 or R5
+    Arm("lora_vanilla", adapter="lora", default=False,
+        why="R6/T4: per-row cosines with the LoRA-basis v_hack on the teacher pool"),
+    Arm("lora_vanilla", "grpo", adapter="lora", default=False,
+        why="R6: the LoRA student's push toward hacking, matched to δS's vanilla arm"),
+    Arm("lora_projected", "grpo", "nll", adapter="lora", default=False,
+        why="R6: LoRA-basis v_hack projected out of the LoRA student's gradient"),
 )
 
 
@@ -88,8 +96,10 @@ def control_arms(trainer: str, controls: tuple[str, ...] = ("random", "shuffled"
     return {a.direction: a for a in arms(trainer).values() if a.direction in controls}
 
 
-REPLAY_ARMS = arm_names("replay")
-GRPO_ARMS = arms("grpo")
+# Phase 1's and R5's arms: the δS student's (R6's LoRA arms are run by the R6 stage, which builds
+# their adapter and v_hack; a config's arm lists choose among these)
+REPLAY_ARMS = tuple(n for n, a in arms("replay").items() if a.adapter == "delta_s")
+GRPO_ARMS = {n: a for n, a in arms("grpo").items() if a.adapter == "delta_s"}
 
 
 def _unique() -> None:

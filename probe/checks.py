@@ -116,7 +116,7 @@ def _mean(steps: list[dict[str, Any]], key: str) -> float:
 
 
 def r4_stats(paths: Phase1Paths, min_bucket: int = 5, caliper: float = 0.15,
-             method: str = "nll") -> dict[str, Any]:
+             method: str = "nll", arm: str = "vanilla") -> dict[str, Any]:
     """Within hack attempts: cos | gt_pass=0 (pure hack) vs cos | gt_pass=1 (hack + correct), for
     the direction of extraction `method` (`probe.vhack_methods`; its cosine column and its
     controls' columns) on the vanilla replay rows. Keys `v_hack`, `random`, `shuffled` are that
@@ -125,7 +125,7 @@ def r4_stats(paths: Phase1Paths, min_bucket: int = 5, caliper: float = 0.15,
 
     col = column(kind(method))
     ctl = {c: column(kind(method, c)) for c in ("random", "shuffled")}
-    rows = [r for r in replay_rows(paths, "vanilla", (col, *ctl.values())) if r["hack_attempt"]]
+    rows = [r for r in replay_rows(paths, arm, (col, *ctl.values())) if r["hack_attempt"]]
     pure = [r for r in rows if not r["gt_pass"]]
     combo = [r for r in rows if r["gt_pass"]]
     out: dict[str, Any] = {"n_hack_attempts": len(rows), "n_pure": len(pure), "n_combined": len(combo),

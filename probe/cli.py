@@ -140,6 +140,11 @@ def cmd_grpo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_r6(a: argparse.Namespace) -> int:
+    sys.stdout.write(f"{_run(a).r6().root}\n")
+    return 0
+
+
 def cmd_report(a: argparse.Namespace) -> int:
     from probe.layout import load_paths
     from probe.report import write_report
@@ -167,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
               "replay": (cmd_replay,
                          "T2/T3: replay arms on the pool (makes pool and v_hack if missing)"),
               "grpo": (cmd_grpo, "R5: GRPO arms x seeds on mixed teacher/student groups "
-                                 "(makes v_hack if missing)")}
+                                 "(makes v_hack if missing)"),
+              "r6": (cmd_r6, "R6: the LoRA student against δS (LoRA v_hack, replay and GRPO "
+                             "arms with drift measured)")}
     for name, (fn, help_) in {"world": (cmd_world, "build or load the world"), **stages,
                               "report": (cmd_report, "write out/report.md from a run's artifacts")
                               }.items():

@@ -29,10 +29,12 @@ import dacite
 
 from probe.arms import GRPO_ARMS, REPLAY_ARMS, arm_names
 from probe.env.prompts import HINTS
+from probe.adapters.lora import INITS as LORA_INITS
 from probe.precision import SETTINGS
 from probe.project import MODES
 from probe.rl.config import CORRECTIONS, GRPOConfig
 from probe.stages.phase1 import Phase1Config
+from probe.stages.r6 import R6Config
 from probe.world.real import RealWorldConfig, resolve_relative
 
 if sys.version_info >= (3, 11):
@@ -60,6 +62,8 @@ class ExperimentConfig(Phase1Config):
     arms: tuple[str, ...] = arm_names("replay", default_only=True)
     # Phase 2: the GRPO trajectory probe (R5); keys its own run directory, not Phase 1's
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    # R6: the LoRA arm against δS (keys its own run directory)
+    r6: R6Config = field(default_factory=R6Config)
 
 
 # -- values dacite cannot judge: dotted key -> check returning the problem, or None ---------------
@@ -98,10 +102,12 @@ RULES: dict[str, Callable[[Any], str | None]] = {
         "grpo.steps", "grpo.problems_per_step", "grpo.group_size", "grpo.max_new_tokens",
         "grpo.temperature", "grpo.lr", "grpo.max_grad_norm", "grpo.updates_per_batch",
         "grpo.epsilon", "grpo.epsilon_high", "grpo.is_cap", "grpo.luffy_gamma",
-        "grpo.refresh_every", "grpo.micro_batch", "grpo.gen_batch_size")},
+        "grpo.refresh_every", "grpo.micro_batch", "grpo.gen_batch_size", "r6.rank", "r6.alpha",
+        "r6.replay_lr", "r6.grpo_lr")},
     **{k: _non_negative for k in (
         "pool.base_reference_steps", "vhack.noise_floor", "replay.weight_decay",
-        "replay.null_directions", "grader.workers", "grpo.weight_decay")},
+        "replay.null_directions", "grader.workers", "grpo.weight_decay", "r6.drift_every")},
+    "r6.init": _one_of(LORA_INITS),
     "pool.top_p": _unit_interval, "grpo.top_p": _unit_interval,
     "grpo.teacher_frac": lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
     "grpo.correction": _one_of(CORRECTIONS), "grpo.projection": _one_of(MODES),

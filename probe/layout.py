@@ -134,3 +134,33 @@ def grpo_paths(world_ident: dict[str, Any], vhack_key: str, cfg: GRPOConfig,
         run_cfg.pop("seed_per_group")
     return GRPOPaths(base / config_hash(world_ident, vhack_key, run_cfg, grader),
                      base / "teacher_rows" / config_hash(world_ident, teacher_key(cfg), grader))
+
+
+@dataclass(frozen=True)
+class R6Paths:
+    """R6's run: the LoRA-basis v_hack and LoRA replay arm (a Phase 1 layout under `root`), its
+    GRPO arms (under `root/grpo`, sharing R5's teacher rows), and R5's run for δS's vanilla arm."""
+
+    root: Path
+    seed: int  # the replay seed (Phase 1's)
+    teacher_root: Path
+    r5_root: Path
+
+    @property
+    def phase1(self) -> Phase1Paths:
+        return Phase1Paths(self.root, self.seed)
+
+    @property
+    def grpo(self) -> GRPOPaths:
+        return GRPOPaths(self.root / "grpo", self.teacher_root)
+
+
+def r6_paths(world_ident: dict[str, Any], vhack_key: str, cfg: Any, out_dir: str | Path = "out"
+             ) -> R6Paths:
+    """Keyed by the Phase 1 sections, the GRPO config (not its arm and seed lists) and the R6
+    section (not its seeds): a changed LoRA setting never reads a stale LoRA artifact."""
+    r5 = grpo_paths(world_ident, vhack_key, cfg.grpo, out_dir, cfg.grader)
+    run_grpo_cfg = replace(cfg.grpo, arms=(), seeds=(), tensorboard=True)
+    root = Path(out_dir) / "probe_r6" / config_hash(world_ident, phase1_sections(cfg),
+                                                    run_grpo_cfg, replace(cfg.r6, seeds=()))
+    return R6Paths(root, cfg.replay.seed, r5.teacher_root, r5.root)

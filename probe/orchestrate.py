@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from filelock import FileLock, Timeout
 
 from probe.io import write_error
-from probe.layout import Phase1Paths, run_paths
+from probe.layout import Phase1Paths, R6Paths, run_paths
 
 if TYPE_CHECKING:
     from probe.layout import GRPOPaths
@@ -140,6 +140,18 @@ class Phase1Run:
 
         paths = self.ensure(ensure_vhack)
         return run_grpo(self.world, self.cfg, paths, self.out, self.device)
+
+    def r6(self) -> "R6Paths":
+        """R6: δS's v_hack (and pool) under the run's lock, then R5's δS vanilla arm, the LoRA
+        v_hack and replay, and every R6 GRPO arm × seed (the GRPO jobs lock themselves)."""
+        from probe.stages.phase1 import ensure_pool, ensure_vhack
+        from probe.stages.r6 import run_r6
+
+        with self.locked():
+            paths = self.prepare()
+            ensure_pool(self.world, self.cfg, paths, self.device)
+            ensure_vhack(self.world, self.cfg, paths, self.device)
+        return run_r6(self.world, self.cfg, paths, self.out, self.device)
 
 
 def job_slots(n: int, gpus: list[str], cpus: int) -> list[dict[str, str]]:

@@ -69,6 +69,11 @@ class StepReport:
     grad_cos_out_projected: float | None = None  # .grad after projection vs the projected V
     grad_hackward_cos_out: float | None = None  # .grad after projection vs v_hack
     update_cos_before_projection: float | None = None  # update projection: AdamW's own update
+    # R6's drift: the gradient before / after projection vs a tracked direction (the v_hack
+    # re-extracted from the current student), and the applied update vs it
+    tracked_cos_in: float | None = None
+    tracked_cos_out: float | None = None
+    tracked_update_cos: float | None = None
 
 
 def mean_hackward(vectors: dict[str, torch.Tensor], V: dict[str, torch.Tensor]) -> float:
@@ -108,13 +113,17 @@ def summed_grads(adapter: Adapter, rows: Sequence[dict[str, Any]], pad: int, dev
 
 def optimizer_step(adapter: Adapter, opt: torch.optim.Optimizer, grad: dict[str, torch.Tensor],
                    v_hack: dict[str, torch.Tensor], projection: Projection | None = None,
-                   max_grad_norm: float | None = None) -> StepReport:
+                   max_grad_norm: float | None = None,
+                   track: dict[str, torch.Tensor] | None = None) -> StepReport:
     """Set `grad` as the adapter's gradient, project it (target "grad"), clip, step the optimizer,
-    project the applied update (target "update"); measure each stage against v_hack."""
+    project the applied update (target "update"); measure each stage against v_hack (and, read
+    only, against `track`)."""
     adapter.set_grads(grad)
     g_in = adapter.grads()
     norm_in, hack_in = total_norm(g_in), mean_hackward(g_in, v_hack)
     extra: dict[str, Any] = {}
+    if track is not None:
+        extra["tracked_cos_in"] = mean_hackward(g_in, track)
     if projection is not None and projection.target == "grad":
         before = {n: g.clone() for n, g in g_in.items()}
         diag = project_adapter_grads_(adapter, projection.V, projection.mode,
@@ -127,6 +136,8 @@ def optimizer_step(adapter: Adapter, opt: torch.optim.Optimizer, grad: dict[str,
                      grad_cos_out_projected=mean_hackward(after, projection.V),
                      grad_hackward_cos_out=mean_hackward(after, v_hack))
     norm_out = total_norm(adapter.grads())
+    if track is not None:
+        extra["tracked_cos_out"] = mean_hackward(adapter.grads(), track)
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(adapter.parameters(), max_grad_norm)
     before_step = adapter.flat_values()
@@ -142,6 +153,8 @@ def optimizer_step(adapter: Adapter, opt: torch.optim.Optimizer, grad: dict[str,
         adapter.set_flat_values({n: before_step[n] - new[n] for n in new})
     # the step actually applied, read back from the parameters (not from what was computed)
     update = {n: before_step[n] - v for n, v in adapter.flat_values().items()}
+    if track is not None:
+        extra["tracked_update_cos"] = mean_hackward(update, track)
     return StepReport(grad_norm_in=norm_in, grad_hackward_cos=hack_in, grad_norm_out=norm_out,
                       update_cos=mean_hackward(update, v_hack), update_norm=total_norm(update),
                       **extra)
@@ -153,7 +166,8 @@ def train_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: Sequence[dict
                directions: dict[str, dict[str, torch.Tensor]] | None = None,
                on_micro_batch: Callable[[MicroBatch], None] | None = None,
                projection: Projection | None = None, max_grad_norm: float | None = None,
-               distributed: bool = False) -> StepReport:
+               distributed: bool = False, track: dict[str, torch.Tensor] | None = None
+               ) -> StepReport:
     """One optimizer step on `rows`. `reduce`: the step's gradient is the mean of the rows'
     gradients (a mean loss, the NLL replay) or their sum (a loss with a constant normaliser,
     Dr.GRPO). With `distributed`, this rank takes its share of the rows (`probe.rl.distributed`)
@@ -166,7 +180,7 @@ def train_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: Sequence[dict
     if distributed:
         all_reduce_sum_(summed)
     grad = summed if reduce == "sum" else {n: g / len(rows) for n, g in summed.items()}
-    return optimizer_step(adapter, opt, grad, v_hack, projection, max_grad_norm)
+    return optimizer_step(adapter, opt, grad, v_hack, projection, max_grad_norm, track)
 
 
 def checkpoint_params(adapter: Adapter) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from probe.adapters.antipasto import build_delta_s
 from probe.adapters.base import DEFAULT_TARGETS, Adapter
+from probe.adapters.lora import build_lora
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class AdapterSpec:
 
 ADAPTERS: dict[str, Callable[[nn.Module, AdapterSpec], Adapter]] = {
     "delta_s": build_delta_s,
+    "lora": build_lora,  # R6: PEFT's LoRA layers behind the same flat interface
 }
 
 

@@ -17,6 +17,8 @@ import torch
 from probe.adapters.base import Adapter
 from probe.batch import TokenBatch
 from probe.arms import Arm
+
+TRACKED = "current"  # V's key of a direction measured against, never projected (R6's drift)
 from probe.rl.config import GRPOConfig
 from probe.rl.distributed import all_reduce_sum_, gather_in_order, gather_objects
 from probe.rl.dr_grpo import (RatioStats, SurrogateInputs, clip_fraction, group_advantages,
@@ -124,7 +126,7 @@ def grpo_update_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: list[di
                          v_hack=V["nll"], reduce="sum", token_loss_for=sp.token_loss_for,
                          directions=V if u == 0 else None, on_micro_batch=sp.on_micro_batch,
                          projection=projection, max_grad_norm=cfg.max_grad_norm,
-                         distributed=True)
+                         distributed=True, track=V.get(TRACKED))
         records = sp.gather(len(rows), records=u == 0) or records
         info: dict[str, Any] = {
             "update": u, "ratio": sp.stats.summary(), "grad_norm_in": rep.grad_norm_in,
@@ -143,6 +145,9 @@ def grpo_update_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: list[di
             info.update(rep.projection)
         info["update_cos"] = rep.update_cos  # always w.r.t. v_hack
         info["update_norm"] = rep.update_norm
+        if rep.tracked_cos_in is not None:  # R6's drift: vs v_hack re-extracted from the student
+            info.update(current_cos_in=rep.tracked_cos_in, current_cos_out=rep.tracked_cos_out,
+                        current_update_cos=rep.tracked_update_cos)
         updates.append(info)
     return records, {"updates": updates, "advantage_abs_mean":
                      sum(abs(a) for a in adv) / max(len(adv), 1)}

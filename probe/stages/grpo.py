@@ -23,6 +23,7 @@ from probe.adapters.registry import AdapterSpec, build_adapter
 from probe.arms import Arm, get_arm
 from probe.artifacts import (ArtifactError, point_latest, provenance, read_manifest,
                              read_rows, step_path, valid_step, write_manifest, write_rows)
+from probe.drift import drift
 from probe.encoding import pad_id
 from probe.env.grader import Grader, GraderConfig
 from probe.env.rates import rates
@@ -33,7 +34,7 @@ from probe.rl.distributed import acquire_collectively, barrier, gather_objects, 
 from probe.rl.rollout import (GROUP_FIELDS, CachedGrader, add_logprobs, group_stats, policy_rows,
                               step_problems)
 from probe.rl.tracker import StepTracker
-from probe.rl.trainer import grpo_update_step
+from probe.rl.trainer import TRACKED, grpo_update_step
 from probe.train_step import checkpoint_params, saved_params, total_norm
 from probe.vhack import VHackConfig, directions_from_diffs, pair_grad_diffs
 from probe.world.base import World
@@ -82,20 +83,24 @@ def ensure_teacher_rows(world: World, cfg: GRPOConfig, paths: GRPOPaths, seed: i
 
 
 def _checkpoint(stage: Path, adapter: Adapter, opt: torch.optim.Optimizer, step: int,
-                summaries: list[dict[str, Any]], V_refreshed: dict[str, torch.Tensor] | None) -> None:
+                summaries: list[dict[str, Any]], V_refreshed: dict[str, torch.Tensor] | None,
+                V_current: dict[str, torch.Tensor] | None = None) -> None:
     state = {"step": step, "summaries": summaries, "optimizer": opt.state_dict(),
              **checkpoint_params(adapter),
              "v_refreshed": None if V_refreshed is None else
              {n: v.cpu() for n, v in V_refreshed.items()}}
+    if V_current is not None:  # R6's drift: the last re-extracted v_hack (measured against)
+        state["v_current"] = {n: v.cpu() for n, v in V_current.items()}
     with atomic_path(stage / "state.pt") as tmp:
         torch.save(state, tmp)
 
 
 def _resume(stage: Path, adapter: Adapter, opt: torch.optim.Optimizer, n_steps: int
-            ) -> tuple[int, list[dict[str, Any]], dict[str, torch.Tensor] | None]:
+            ) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """(first step to run, summaries so far, the saved directions: "v_refreshed", "v_current")."""
     path = stage / "state.pt"
     if not path.exists():
-        return 0, [], None
+        return 0, [], {}
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
         done = int(state["step"])
@@ -106,9 +111,10 @@ def _resume(stage: Path, adapter: Adapter, opt: torch.optim.Optimizer, n_steps: 
         adapter.set_flat_values(saved)
     except (ArtifactError, AdapterStateError, KeyError, RuntimeError, OSError) as e:
         log.warning("%s: cannot resume (%s); training from step 0", stage, e)
-        return 0, [], None
+        return 0, [], {}
     log.info("%s: resuming after step %d", stage, done)
-    return done + 1, list(state["summaries"]), state.get("v_refreshed")
+    return done + 1, list(state["summaries"]), {k: state.get(k) for k in ("v_refreshed",
+                                                                          "v_current")}
 
 
 def _refresh(adapter: Adapter, world: World, pairs: list, vhack: VHackConfig,
@@ -129,9 +135,12 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed
                  V: dict[str, dict[str, torch.Tensor]], *,
                  adapter_spec: AdapterSpec | None = None, device: str = "cpu",
                  grader_config: GraderConfig | None = None, vhack: VHackConfig | None = None,
-                 pair_hint: str | None = None) -> dict[str, Any]:
+                 pair_hint: str | None = None, drift_every: int = 0) -> dict[str, Any]:
     """Train one arm of one seed for `cfg.steps` steps (resuming); returns its manifest.
     `adapter_spec`: the student's adapter (default δS at full rank; V's sizes must match it).
+    `drift_every` > 0 (R6): after every that many steps, v_hack is re-extracted from the student
+    (measured, never projected): its drift from the initial v_hack goes in the step summary, and
+    every later step's gradient is measured against it before and after projection.
     `vhack` and `pair_hint` (the hint v_hack's pairs were rendered with; default `cfg.hint`): how the
     refreshed arm re-extracts v_hack, with the same pairs and settings as the original."""
     vhack = vhack or VHackConfig()
@@ -146,11 +155,13 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed
     adapter = build_adapter(model, adapter_spec)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, summaries, v_ref = _resume(stage, adapter, opt, cfg.steps)
+    start, summaries, saved = _resume(stage, adapter, opt, cfg.steps)
     V = {kind: {n: t.to(device) for n, t in v.items()} for kind, v in V.items()}
-    V["refreshed"] = {n: t.to(device) for n, t in (v_ref or V["nll"]).items()}
+    V["refreshed"] = {n: t.to(device) for n, t in (saved.get("v_refreshed") or V["nll"]).items()}
+    if drift_every:
+        V[TRACKED] = {n: t.to(device) for n, t in (saved.get("v_current") or V["nll"]).items()}
     pairs = (world.contrastive_pairs("train", pair_hint or cfg.hint, seed=vhack.seed)
-             if arm.refresh else [])
+             if arm.refresh or drift_every else [])
     pad = pad_id(world.tokenizer)
     problems = world.problems(cfg.split)
     norm = normaliser(world, cfg)
@@ -187,13 +198,17 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed
             summary.update(step=s, **group_stats(rows), student=student,
                            teacher=rates(teacher_rows), refreshed_overlap=refreshed_overlap,
                            delta_s_norm=total_norm(adapter.flat_values()))
+            if drift_every and (s + 1) % drift_every == 0:
+                V[TRACKED] = _refresh(adapter, world, pairs, vhack, device)
+                summary["drift"] = drift(V["nll"], V[TRACKED]).to_dict()
             summaries.append(summary)
             tracker.log(s, summary)
             bar.set_postfix(step=s, hack=f"{student.get('hack_rate', float('nan')):.2f}")
             if writer:
                 write_rows(step_path(stage, s), records)
                 _checkpoint(stage, adapter, opt, s, summaries,
-                            V["refreshed"] if arm.refresh else None)
+                            V["refreshed"] if arm.refresh else None,
+                            V[TRACKED] if drift_every else None)
         tracker.close()
     manifest = provenance(cfg, seed=seed, arm=arm.name, arm_spec=arm, world=world.name,
                           model_id=world.model_id, n_steps=cfg.steps, steps=summaries,
@@ -222,8 +237,10 @@ def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
         write_manifest(paths.root, provenance(cfg, world=world.name), name="config.json")
         point_latest(paths.root.parent, paths.root)
     todo = list(only) if only is not None else jobs(cfg)
-    for a, _ in todo:
-        get_arm("grpo", a)  # an unknown arm fails before anything is computed
+    for a, _ in todo:  # an unknown arm fails before anything is computed
+        if get_arm("grpo", a).adapter != "delta_s":
+            raise ValueError(f"GRPO arm {a!r} trains a {get_arm('grpo', a).adapter} student: "
+                             "the R6 stage runs it (`probe r6`)")
     seeds = sorted({s for _, s in todo})
     _each_once([(str(paths.teacher(s)) + ".lock",
                  lambda s=s: ensure_teacher_rows(world, cfg, paths, s, device, grader_config))

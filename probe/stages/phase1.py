@@ -185,7 +185,9 @@ def ensure_arm(world: World, cfg: Phase1Config, paths: Phase1Paths, arm: str, de
                V: dict[str, dict[str, torch.Tensor]] | None = None) -> dict[str, Any]:
     """T2/T3: one replay arm on the teacher pool. Its inputs (pool, v_hack, the student's start)
     are made if missing, unless the caller passes `V`, having ensured them already."""
-    get_arm("replay", arm)  # an unknown arm fails before any expensive input is made
+    if get_arm("replay", arm).adapter != "delta_s":  # an unknown arm fails before any work too
+        raise ValueError(f"replay arm {arm!r} trains a {get_arm('replay', arm).adapter} student: "
+                         "the R6 stage runs it (`probe r6`)")
     try:
         return read_manifest(paths.arm(arm))
     except ArtifactError:

@@ -112,7 +112,8 @@ def replay_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: list[dict[st
 
 def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor]], n_steps: int,
                cfg: ReplayConfig, stage_dir: Path, arm: str, device: str = "cpu",
-               student_eval: Any = None) -> dict[str, Any]:
+               student_eval: Any = None, adapter_spec: AdapterSpec | None = None
+               ) -> dict[str, Any]:
     """Replay `n_steps` pool steps; returns the manifest. `arm` names a replay entry of
     `probe.arms` (its `direction`: the V kind projected out of every step's gradient, None for
     none): 'vanilla', 'projected' (v_hack), and the controls 'projected_random' /
@@ -120,17 +121,19 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
     direction do?).
 
     `student_eval(model) -> dict`, when given, measures the student's behaviour at the end.
+    `adapter_spec`: the student's adapter (default `cfg.adapter_spec()`, δS; R6 passes LoRA's).
     """
+    spec = adapter_spec or cfg.adapter_spec()
     project_kind = get_arm("replay", arm).direction  # probe.arms: what the arm projects out
     stage_dir = Path(stage_dir)
     t0 = time.perf_counter()
     # R2's sneaky fail: are per-sample gradients at the run's dtype numbers or rounding noise?
     fidelity = grad_fidelity(world, read_rows(step_path(pool_dir, 0), ("prompt_ids",
                                                                         "completion_ids")),
-                             pad_id(world.tokenizer), device, cfg.adapter_spec()) \
+                             pad_id(world.tokenizer), device, spec) \
         if arm == "vanilla" else None
     model = world.load_base(device)
-    adapter = build_adapter(model, cfg.adapter_spec())
+    adapter = build_adapter(model, spec)
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     pad = pad_id(world.tokenizer)

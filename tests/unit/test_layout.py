@@ -48,7 +48,11 @@ def test_replay_arms_project_what_their_entry_says():
     assert {c: a.name for c, a in control_arms("replay").items()} == {
         "random": "projected_random", "shuffled": "projected_shuffled"}
     assert all(a.target == "grad" for a in arms("replay").values())
-    assert all(a.adapter == "delta_s" and a.why for a in ARMS)
+    assert all(a.why for a in ARMS)
+    # R6's LoRA arms are registry entries too, but never in Phase 1's or R5's arm lists
+    assert {(a.trainer, a.name) for a in ARMS if a.adapter == "lora"} == {
+        ("replay", "lora_vanilla"), ("grpo", "lora_vanilla"), ("grpo", "lora_projected")}
+    assert not any(a.default for a in ARMS if a.adapter == "lora")
 
 
 def test_grpo_arms_are_registry_entries():
@@ -64,8 +68,8 @@ def test_an_arm_the_trainer_cannot_run_is_refused():
         Arm("x", "replay", "nll", "update")
     with pytest.raises(ValueError, match="replay trainer"):
         Arm("x", "replay", "refreshed")
-    with pytest.raises(ValueError, match="adapter 'lora' is not one of"):
-        Arm("x", "grpo", adapter="lora")
+    with pytest.raises(ValueError, match="adapter 'dora' is not one of"):
+        Arm("x", "grpo", adapter="dora")
     with pytest.raises(ValueError, match="unknown replay arm 'projected_update'"):
         get_arm("replay", "projected_update")
     with pytest.raises(ValueError, match="unknown trainer"):
