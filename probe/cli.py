@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from probe.config import ExperimentConfig
+    from probe.layout import Phase1Paths
     from probe.orchestrate import Phase1Run
 
 
@@ -49,17 +50,60 @@ def _run(a: argparse.Namespace) -> Phase1Run:
     """The Phase 1 run every stage command shares (`probe.orchestrate`, as the pytest fixtures):
     its world is built or loaded under the run's lock, as the first thing the run does."""
     from probe.orchestrate import Phase1Run
+    from probe.rl.distributed import init_from_env, rank_and_size
     from probe.world.select import get_world
 
     cfg = _config(a)
+    # under torchrun (WORLD_SIZE > 1) this joins the process group: GRPO's groups and rows are
+    # split over the ranks (probe.rl.distributed); the Phase 1 stages are made by the first
+    # rank to take the run's lock and read by the others
+    device = init_from_env(_device(a.device))
+    if getattr(a, "jobs", 1) > 1 and rank_and_size()[1] > 1:
+        from probe.config import ConfigError
+
+        raise ConfigError("--jobs > 1 under torchrun: use one or the other")
     return Phase1Run(lambda: get_world(cfg.world, refresh=a.refresh, out_dir=a.out, source=a.config),
-                     cfg, a.out, _device(a.device))
+                     cfg, a.out, device)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    paths = _run(a).all()
+    run = _run(a)
+    if a.jobs > 1:  # the shared stages here, under the run's lock; the replay arms in workers
+        from probe.orchestrate import run_jobs
+        from probe.stages.phase1 import ensure_pool, ensure_student_start, ensure_vhack
+
+        with run.locked():
+            paths = run.prepare()
+            for stage in (ensure_pool, ensure_vhack, ensure_student_start):
+                stage(run.world, run.cfg, paths, run.device)
+            run_jobs(a.jobs, _replay_job, (_worker_args(a), paths))
+    paths = run.all()  # after the workers: every stage is read, none made again
     sys.stdout.write(f"{paths.root}\n")
     return 0
+
+
+def _worker_args(a: argparse.Namespace) -> argparse.Namespace:
+    """A job worker's arguments: the parent already built (or refreshed) the world."""
+    return argparse.Namespace(**{**vars(a), "refresh": False, "jobs": 1})
+
+
+def _replay_job(a: argparse.Namespace, paths: Phase1Paths) -> None:
+    """One `probe run --jobs` worker: the replay arms nobody else holds (per-arm locks), while
+    the parent holds the run's lock."""
+    from probe.stages.grpo import _each_once
+    from probe.stages.phase1 import ensure_arm
+    from probe.world.select import get_world
+
+    cfg = _config(a)
+    world = get_world(cfg.world, refresh=False, out_dir=a.out, source=a.config)
+    device = _device(a.device)
+    _each_once([(str(paths.arm(arm)) + ".lock",
+                 lambda arm=arm: ensure_arm(world, cfg, paths, arm, device)) for arm in cfg.arms])
+
+
+def _grpo_job(a: argparse.Namespace) -> None:
+    """One `probe grpo --jobs` worker: the GRPO (arm, seed) jobs nobody else holds."""
+    _run(a).grpo()
 
 
 def cmd_pool(a: argparse.Namespace) -> int:
@@ -85,7 +129,14 @@ def cmd_replay(a: argparse.Namespace) -> int:
 
 
 def cmd_grpo(a: argparse.Namespace) -> int:
-    sys.stdout.write(f"{_run(a).grpo().root}\n")
+    run = _run(a)
+    if a.jobs > 1:  # world and v_hack here, once; the (arm, seed) jobs in workers
+        from probe.orchestrate import run_jobs
+        from probe.stages.phase1 import ensure_vhack
+
+        run.ensure(ensure_vhack)
+        run_jobs(a.jobs, _grpo_job, (_worker_args(a),))
+    sys.stdout.write(f"{run.grpo().root}\n")  # after the workers: every job is read, none redone
     return 0
 
 
@@ -138,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--device", default="auto", help="cpu, cuda or auto")
             p.add_argument("--steps", type=int, help="same as --pool.steps (teacher-pool / replay "
                                                      "steps, default 20)")
+        if name in ("run", "grpo"):
+            p.add_argument("--jobs", type=int, default=1,
+                           help="worker processes, each pinned to one GPU (else a share of the "
+                                "CPU threads), splitting the %s through per-job locks; under "
+                                "torchrun keep 1" % ("replay arms" if name == "run"
+                                                     else "(arm, seed) jobs"))
         if name == "replay":
             p.add_argument("--arm", nargs="+", choices=REPLAY_ARMS, default=None,
                            help="which arms (default: the config's `arms`, all four)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from probe.artifacts import config_hash, read_manifest
+from probe.artifacts import config_hash, read_manifest, to_jsonable
 
 if TYPE_CHECKING:
     from probe.env.grader import GraderConfig
@@ -108,10 +108,14 @@ class GRPOPaths:
 
 
 def teacher_key(cfg: GRPOConfig) -> dict[str, Any]:
-    """What the teacher rows depend on: a changed learning rate or arm list reuses them."""
-    return {k: getattr(cfg, k) for k in ("problems_per_step", "group_size", "teacher_frac",
-                                         "split", "hint", "max_new_tokens", "temperature", "top_p",
-                                         "steps", "gen_batch_size", "micro_batch")}
+    """What the teacher rows depend on: a changed learning rate or arm list reuses them.
+    `seed_per_group` keys them only when set, so the default's keys predate the knob."""
+    key = {k: getattr(cfg, k) for k in ("problems_per_step", "group_size", "teacher_frac",
+                                        "split", "hint", "max_new_tokens", "temperature", "top_p",
+                                        "steps", "gen_batch_size", "micro_batch")}
+    if cfg.seed_per_group:
+        key["seed_per_group"] = True
+    return key
 
 
 def grpo_paths(world_ident: dict[str, Any], vhack_key: str, cfg: GRPOConfig,
@@ -124,7 +128,10 @@ def grpo_paths(world_ident: dict[str, Any], vhack_key: str, cfg: GRPOConfig,
 
         grader = GraderConfig()
     base = Path(out_dir) / "probe_grpo"
-    run_cfg = replace(cfg, arms=(), seeds=(), tensorboard=True)  # none of these change an artifact
+    # none of these change an artifact
+    run_cfg = to_jsonable(replace(cfg, arms=(), seeds=(), tensorboard=True))
+    if not cfg.seed_per_group:  # the knob keys a run only when set: older run keys stay valid
+        run_cfg.pop("seed_per_group")
     return GRPOPaths(base / config_hash(world_ident, vhack_key, run_cfg, grader),
                      base / "teacher_rows" / config_hash(world_ident, teacher_key(cfg), grader))
 

@@ -152,3 +152,61 @@ class Phase1Run:
             ensure_pool(self.world, self.cfg, paths, self.device)
             ensure_vhack(self.world, self.cfg, paths, self.device)
         return run_r6(self.world, self.cfg, paths, self.out, self.device)
+
+
+def job_slots(n: int, gpus: list[str], cpus: int) -> list[dict[str, str]]:
+    """The environment of each of `n` job workers: one GPU each (round robin over `gpus`, the
+    visible device ids) when there are GPUs, else an equal share of the `cpus` threads."""
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(n)]
+    threads = str(max(1, cpus // n))
+    return [{"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} for _ in range(n)]
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use, as CUDA_VISIBLE_DEVICES names them (else 0..count-1)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:
+        return [d.strip() for d in env.split(",") if d.strip()][:torch.cuda.device_count()]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _job_worker(env: dict[str, str], target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    # spawned: CUDA is not initialised yet, so the pinning takes effect at its first use
+    os.environ.update(env)
+    if "OMP_NUM_THREADS" in env:
+        import torch
+
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    target(*args)
+
+
+def run_jobs(n: int, target: Callable[..., Any], args: tuple[Any, ...] = ()) -> None:
+    """`target(*args)` in `n` spawned worker processes, each pinned to one GPU (else a share of
+    the CPU threads). The workers split the work themselves through the per-job file locks
+    (`probe.stages.grpo._each_once`): each takes the jobs nobody holds, so the artifacts are the
+    ones one process would write. `n == 1` runs `target` here."""
+    if n < 1:
+        raise ValueError(f"--jobs {n}: needs at least 1")
+    if n == 1:
+        target(*args)
+        return
+    import multiprocessing as mp
+
+    gpus = visible_gpus()
+    if gpus and n > len(gpus):
+        log.warning("%d jobs on %d GPUs: some GPUs hold two workers", n, len(gpus))
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_job_worker, args=(env, target, args), name=f"probe-job-{i}")
+             for i, env in enumerate(job_slots(n, gpus, os.cpu_count() or 1))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [f"{p.name} (exit {p.exitcode})" for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"job workers failed: {', '.join(failed)}")

@@ -39,6 +39,11 @@ class GRPOConfig:
     refresh_every: int = 2  # the refreshed arm re-extracts v_hack from the student every k steps
     micro_batch: int = 32
     gen_batch_size: int = 64
+    # Sample (and grade) each group under its own seed, one generate call per group, instead of
+    # one seed per step's batch: a group's rows then do not depend on which rank or batch it was
+    # sampled with, so N data-parallel ranks give the rows of one process (probe/rl/distributed.py).
+    # Needed under torchrun; off by default, so single-process runs keep their rows (and run keys).
+    seed_per_group: bool = False
     tensorboard: bool = True  # live event files per arm when the optional `tensorboard` is installed
     seeds: tuple[int, ...] = (41, 42, 43)  # paired seeds: every arm of a seed sees the same data
     arms: tuple[str, ...] = arm_names("grpo", default_only=True)  # probe.arms: `default` entries

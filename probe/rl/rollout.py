@@ -16,6 +16,7 @@ from probe.encoding import pad_id
 from probe.env.grader import Grader
 from probe.env.problems import Problem
 from probe.rl.config import GRPOConfig
+from probe.rl.distributed import gather_in_order, rank_and_size, shard
 from probe.rl.dr_grpo import completion_logprobs
 from probe.rollout import sample_and_grade
 from probe.world.base import World
@@ -84,18 +85,47 @@ class CachedGrader:
         return [self._memo[k] for k in keys]
 
 
+def group_seed(seed: int, group: int) -> int:
+    """The sampling seed of one group of a step (`seed`: the step's): groups are < 1000 per step."""
+    return seed * 1000 + group
+
+
 def policy_rows(model: torch.nn.Module, world: World, problems: Sequence[Problem], n_per: int,
                 source: str, cfg: GRPOConfig, seed: int, step: int,
                 grader: Grader | CachedGrader) -> list[dict[str, Any]]:
     """`n_per` graded samples per problem from `model`, with behaviour log-probs; `group` is the
-    problem's index in the step."""
+    problem's index in the step. With `cfg.seed_per_group`, each group is sampled under its own
+    seed, and under torch.distributed each rank samples its share of the groups; every rank gets
+    every row, in group order."""
     if n_per == 0:
         return []
+    if cfg.seed_per_group:
+        mine, idx = shard(problems)
+        local = [_group_rows(model, world, p, j, n_per, source, cfg, seed, step, grader)
+                 for p, j in zip(mine, idx)]
+        return [r for g in gather_in_order(local, idx, len(problems)) for r in g]
+    if rank_and_size()[1] > 1:
+        raise ValueError("GRPO under torch.distributed needs grpo.seed_per_group = true: with one "
+                         "seed per step's batch, N ranks would not sample the rows of one process")
     rows = sample_and_grade(model, world, problems, cfg.hint, n_per, seed, grader,
                             desc=f"{source} step {step}", step=step, source=source,
                             **sampling_kw(world, cfg))
     for r in rows:
         r["group"] = r["index"] // n_per
+    add_logprobs(model, world, rows, "behaviour_logp", cfg.micro_batch)
+    return rows
+
+
+def _group_rows(model: torch.nn.Module, world: World, problem: Problem, group: int, n_per: int,
+                source: str, cfg: GRPOConfig, seed: int, step: int,
+                grader: Grader | CachedGrader) -> list[dict[str, Any]]:
+    """One group's rows: sampled under the group's own seed, log-probs over the group alone (so
+    they do not depend on what else a rank holds); `index` is the row's position in the step."""
+    rows = sample_and_grade(model, world, [problem], cfg.hint, n_per, group_seed(seed, group),
+                            grader, desc=f"{source} step {step} group {group}", step=step,
+                            source=source, **sampling_kw(world, cfg))
+    for k, r in enumerate(rows):
+        r.update(group=group, index=group * n_per + k)
     add_logprobs(model, world, rows, "behaviour_logp", cfg.micro_batch)
     return rows
 

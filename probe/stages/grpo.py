@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from probe.adapters.base import Adapter, AdapterStateError
@@ -30,6 +30,7 @@ from probe.env.rates import rates
 from probe.io import atomic_path
 from probe.layout import GRPOPaths, grpo_paths, teacher_key  # noqa: F401  (re-exported)
 from probe.rl.config import GRPOConfig
+from probe.rl.distributed import acquire_collectively, barrier, gather_objects, is_writer, shard
 from probe.rl.rollout import (GROUP_FIELDS, CachedGrader, add_logprobs, group_stats, policy_rows,
                               step_problems)
 from probe.rl.tracker import StepTracker
@@ -66,15 +67,18 @@ def ensure_teacher_rows(world: World, cfg: GRPOConfig, paths: GRPOPaths, seed: i
             for s in todo:
                 rows = policy_rows(teacher, world, step_problems(problems, cfg, seed, s),
                                    cfg.n_teacher, "teacher", cfg, seed * 1_000_003 + s, s, grader)
-                write_rows(step_path(stage, s), rows)
+                if is_writer():  # every rank holds every row; rank 0 writes them
+                    write_rows(step_path(stage, s), rows)
         del teacher
-    elif todo:
+    elif todo and is_writer():
         for s in todo:
             write_rows(step_path(stage, s), [])
+    barrier()  # rank 0's step files are written before any rank reads them
     all_rows = [r for s in range(cfg.steps) for r in read_rows(step_path(stage, s))]
     manifest = provenance(cfg, seed=seed, n_steps=cfg.steps, rows_per_step=n_rows,
                           teacher=rates(all_rows), world=world.name, model_id=world.model_id)
-    write_manifest(stage, manifest)
+    if is_writer():
+        write_manifest(stage, manifest)
     return manifest
 
 
@@ -161,10 +165,12 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed
     pad = pad_id(world.tokenizer)
     problems = world.problems(cfg.split)
     norm = normaliser(world, cfg)
+    writer = is_writer()  # under torch.distributed every rank trains, rank 0 writes
     with Grader(grader_config) as raw_grader:
         grader = CachedGrader(raw_grader, grader_config)
-        tracker = StepTracker(stage, enabled=cfg.tensorboard)
-        bar = tqdm(range(start, cfg.steps), desc=f"grpo {arm.name} seed {seed}", leave=False)
+        tracker = StepTracker(stage, enabled=cfg.tensorboard and writer)
+        bar = tqdm(range(start, cfg.steps), desc=f"grpo {arm.name} seed {seed}", leave=False,
+                   disable=not writer)
         for s in bar:
             refreshed_overlap = None
             if arm.refresh and s > 0 and s % cfg.refresh_every == 0:
@@ -179,12 +185,15 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed
             for i, r in enumerate(rows):
                 r["index"] = i
             t_rows = time.perf_counter()
-            add_logprobs(model, world, rows, "old_logp", cfg.micro_batch)  # π_old: the student now
+            # π_old: the student now, on the rows this rank's share of the step will train on
+            add_logprobs(model, world, shard(rows)[0], "old_logp", cfg.micro_batch)
             t_old = time.perf_counter()
             records, summary = grpo_update_step(adapter, opt, rows, V, arm, cfg, pad, device, norm)
             summary["seconds"] = {"student_rows": t_rows - t_step, "old_logp": t_old - t_rows,
                                   "updates": time.perf_counter() - t_old}
-            summary["grade_cache"] = {"hits": grader.hits, "misses": grader.misses}
+            cache = gather_objects((grader.hits, grader.misses))  # per process: summed over ranks
+            summary["grade_cache"] = {"hits": sum(h for h, _ in cache),
+                                      "misses": sum(m for _, m in cache)}
             student = rates(student_rows)
             summary.update(step=s, **group_stats(rows), student=student,
                            teacher=rates(teacher_rows), refreshed_overlap=refreshed_overlap,
@@ -195,16 +204,18 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed
             summaries.append(summary)
             tracker.log(s, summary)
             bar.set_postfix(step=s, hack=f"{student.get('hack_rate', float('nan')):.2f}")
-            write_rows(step_path(stage, s), records)
-            _checkpoint(stage, adapter, opt, s, summaries,
-                        V["refreshed"] if arm.refresh else None,
-                        V[TRACKED] if drift_every else None)
+            if writer:
+                write_rows(step_path(stage, s), records)
+                _checkpoint(stage, adapter, opt, s, summaries,
+                            V["refreshed"] if arm.refresh else None,
+                            V[TRACKED] if drift_every else None)
         tracker.close()
     manifest = provenance(cfg, seed=seed, arm=arm.name, arm_spec=arm, world=world.name,
                           model_id=world.model_id, n_steps=cfg.steps, steps=summaries,
                           normaliser=norm, seconds=time.perf_counter() - t0,
                           n_modules=len(adapter.module_names), total_rank=adapter.total_size)
-    write_manifest(stage, manifest)
+    if writer:
+        write_manifest(stage, manifest)
     adapter.remove()
     return manifest
 
@@ -222,8 +233,9 @@ def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
     """Every (arm, seed) of the config, each under its own lock: parallel callers (xdist workers)
     take the jobs nobody holds first, then wait for the rest; no job is computed twice."""
     paths.root.mkdir(parents=True, exist_ok=True)
-    write_manifest(paths.root, provenance(cfg, world=world.name), name="config.json")
-    point_latest(paths.root.parent, paths.root)
+    if is_writer():
+        write_manifest(paths.root, provenance(cfg, world=world.name), name="config.json")
+        point_latest(paths.root.parent, paths.root)
     todo = list(only) if only is not None else jobs(cfg)
     for a, _ in todo:  # an unknown arm fails before anything is computed
         if get_arm("grpo", a).adapter != "delta_s":
@@ -244,20 +256,21 @@ def ensure_grpo(world: World, cfg: GRPOConfig, paths: GRPOPaths,
 
 def _each_once(jobs: list[tuple[str, Any]]) -> None:
     """Run every (lock path, job) once across processes: jobs nobody holds first, then wait for
-    the rest (a job that finds its artifact complete returns at once)."""
+    the rest (a job that finds its artifact complete returns at once). The ranks of one
+    torch.distributed run are one process here: rank 0 takes the locks, all ranks run the job."""
     waiting = []
     for blocking in (False, True):
         for lock_path, job in (jobs if not blocking else waiting):
             lock = FileLock(lock_path)
-            try:
-                lock.acquire(timeout=-1 if blocking else 0)
-            except Timeout:
+            if not acquire_collectively(lock, blocking):
                 waiting.append((lock_path, job))
                 continue
             try:
                 job()
             finally:
-                lock.release()
+                barrier()  # rank 0's files of this job exist before any rank takes the next
+                if lock.is_locked:
+                    lock.release()
 
 
 def run_grpo(world: World, cfg: Any, phase1_paths: Any, out_dir: str | Path = "out",
