@@ -17,6 +17,7 @@ from torch import nn
 
 # DEFAULT_TARGETS and AdapterStateError are re-exported: older imports name this module
 from probe.adapters.base import DEFAULT_TARGETS, Adapter, AdapterStateError  # noqa: F401
+from probe.adapters import fused_svd
 from probe.adapters.fused_svd import fused_delta_, use_fused
 
 if TYPE_CHECKING:
@@ -116,7 +117,13 @@ class _SVDBranch(nn.Module):
 
     def add_to(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """The wrapped Linear's output with this branch added (fused node or reference ops)."""
-        if use_fused(x, self.fused):
+        fused = use_fused(x, self.fused)
+        if fused and self.fused is None and fused_svd.FUSED_SVD is None and not self.ds_is_zero():
+            # measured on one H200 (README, bench_real_shape): the fused node is 14% faster than
+            # the reference ops at δS = 0 but 6-7% slower at δS ≠ 0, so by default it runs only
+            # while δS is zero (v_hack extraction, the fidelity check, a run's first step)
+            fused = False
+        if fused:
             return fused_delta_(output, x, self.U, self.Vh, self.delta_s, self.probe,
                                 self.ds_is_zero())
         return output + self.delta(x)
