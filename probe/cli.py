@@ -154,7 +154,10 @@ def cmd_report(a: argparse.Namespace) -> int:
         sys.stderr.write(f"no run at {run}: run `probe run` first\n")
         return 2
     grpo = Path(a.out) / "probe_grpo" / "latest"
-    sys.stdout.write(f"{write_report(load_paths(run), a.out, grpo if grpo.exists() else None)}\n")
+    r6 = Path(a.out) / "probe_r6" / "latest"
+    report = write_report(load_paths(run), a.out, grpo if grpo.exists() else None,
+                          r6 if r6.exists() else None)
+    sys.stdout.write(f"{report}\n")
     return 0
 
 

@@ -136,9 +136,9 @@ def r7_lines(r7: dict[str, Any]) -> list[str]:
 
 
 def write_report(paths: Phase1Paths, out_dir: str | Path = "out",
-                 grpo_run: Path | None = None) -> Path:
+                 grpo_run: Path | None = None, r6_run: Path | None = None) -> Path:
     """Write `<out_dir>/report.md` (+ PNGs beside it) and return its path; with `grpo_run` (a
-    GRPO run directory), the R5 section too."""
+    GRPO run directory), the R5 section too; with `r6_run`, R6's side-by-side tables."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stats = {"R1": _safe(lambda: r1_stats(paths)), "R2": _safe(lambda: r2_stats(paths)),
@@ -193,6 +193,10 @@ def write_report(paths: Phase1Paths, out_dir: str | Path = "out",
     lines += [f"![{f}]({f})" for f in figs]
     if grpo_run is not None and Path(grpo_run).exists():
         lines += [""] + r5_section(Path(grpo_run), out)
+    if r6_run is not None and Path(r6_run).exists():
+        from probe.report_r6 import r6_section
+
+        lines += [""] + r6_section(Path(r6_run).resolve(), paths)
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -136,9 +136,11 @@ def run_r6(world: World, cfg: Any, phase1_paths: Any, out_dir: str | Path = "out
     vhack_key = stage_keys(world, cfg)["v_hack"]
     paths = r6_paths(ident, vhack_key, cfg, out_dir)
     paths.root.mkdir(parents=True, exist_ok=True)
-    write_manifest(paths.root, provenance(cfg.r6, grpo=cfg.grpo, world=ident), name="config.json")
-    point_latest(paths.root.parent, paths.root)
+    write_manifest(paths.root, provenance(cfg.r6, seeds=list(r6_seeds(cfg)), grpo=cfg.grpo,
+                                          world=ident, teacher_root=str(paths.teacher_root),
+                                          r5_root=str(paths.r5_root)), name="config.json")
     seeds = r6_seeds(cfg)
+    point_latest(paths.root.parent, paths.root)
     from probe.layout import grpo_paths
 
     r5 = grpo_paths(ident, vhack_key, cfg.grpo, out_dir, cfg.grader)
