@@ -147,10 +147,11 @@ def grpo_run(phase1_run: "Phase1Run", v_hack: "Phase1Paths"):
 
 
 @pytest.fixture(scope="session")
-def r6_run(phase1_run: "Phase1Run", phase1: "Phase1Paths"):
+def r6_run(phase1_run: "Phase1Run", vanilla_replay: "Phase1Paths"):
     """R6: the LoRA v_hack and replay, δS's and LoRA's GRPO arms × seeds (R5's δS vanilla arm
-    included); returns (R6 paths, Phase 1 paths, experiment config)."""
-    return phase1_run.r6(), phase1, phase1_run.cfg
+    included; δS's vanilla replay for T4 side by side); returns (R6 paths, Phase 1 paths,
+    experiment config)."""
+    return phase1_run.r6(), vanilla_replay, phase1_run.cfg
 
 
 # -- the verdict table printed at the end of `pytest -m uat` --------------------------------------
