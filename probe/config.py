@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Mapping
 import dacite
 
 from probe.arms import GRPO_ARMS, REPLAY_ARMS, arm_names
+from probe.compute import FUSED_SETTINGS, ComputeConfig
 from probe.env.prompts import HINTS
 from probe.adapters.lora import INITS as LORA_INITS
 from probe.precision import SETTINGS
@@ -64,6 +65,8 @@ class ExperimentConfig(Phase1Config):
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     # R6: the LoRA arm against δS (keys its own run directory)
     r6: R6Config = field(default_factory=R6Config)
+    # how the run computes (GPU speed switches; no cache key): probe/compute.py
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
 
 # -- values dacite cannot judge: dotted key -> check returning the problem, or None ---------------
@@ -107,7 +110,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
     **{k: _non_negative for k in (
         "pool.base_reference_steps", "vhack.noise_floor", "replay.weight_decay",
         "replay.null_directions", "grader.workers", "grpo.weight_decay", "r6.drift_every")},
-    "r6.init": _one_of(LORA_INITS),
+    "r6.init": _one_of(LORA_INITS), "compute.fused_svd": _one_of(FUSED_SETTINGS),
     "pool.top_p": _unit_interval, "grpo.top_p": _unit_interval,
     "grpo.teacher_frac": lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
     "grpo.correction": _one_of(CORRECTIONS), "grpo.projection": _one_of(MODES),

@@ -60,6 +60,10 @@ class Phase1Run:
                  device: str = "cpu", refresh: Callable[[], bool] = lambda: False) -> None:
         self._world = world
         self.cfg, self.device, self.out = cfg, device, Path(out)
+        if getattr(cfg, "compute", None) is not None:
+            from probe.compute import apply
+
+            apply(cfg.compute)
         self._refresh = refresh
         self.lock = FileLock(str(self.out / PHASE1_LOCK))
         self.paths: Phase1Paths | None = None  # prepared once per process
