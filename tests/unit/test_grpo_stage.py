@@ -3,10 +3,8 @@ the update, and resume after a kill. Rewards come from a stand-in label (the tin
 noise) so that groups carry variance and the gradient is non-zero."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-import torch
 
 import probe.rl.rollout as rollout
 import probe.stages.grpo as grpo

@@ -11,7 +11,7 @@ import torch
 import probe.rl.rollout as rollout
 from probe.adapters.registry import AdapterSpec, build_adapter
 from probe.arms import get_arm
-from probe.artifacts import read_manifest, read_rows, step_path
+from probe.artifacts import read_rows, step_path
 from probe.checks_r6 import drift_stats, effects, matched, verdict
 from probe.env.grader import GraderConfig
 from probe.layout import GRPOPaths
