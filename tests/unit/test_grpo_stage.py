@@ -3,7 +3,6 @@ the update, and resume after a kill. Rewards come from a stand-in label (the tin
 noise) so that groups carry variance and the gradient is non-zero."""
 from __future__ import annotations
 
-
 import pytest
 
 import probe.rl.rollout as rollout
