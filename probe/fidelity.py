@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from probe.adapters.registry import AdapterSpec, build_adapter
 from probe.batch import collate
 from probe.grads import per_sample_grads
+from probe.precision import exact_float32
 from probe.world.base import World
 
 FIDELITY_MIN_COS = 0.99  # per row, run dtype vs float32: below it the per-row cosines are not trustworthy
@@ -40,11 +41,12 @@ def grad_fidelity(world: World, rows: Sequence[dict[str, Any]], pad: int, device
     rows = list(rows)[:n_rows]
     out: dict[str, Any] = {"dtype": str(choice.dtype), "rule": choice.rule, "n_rows": len(rows),
                            "threshold_cos": FIDELITY_MIN_COS}
-    if choice.dtype == torch.float32:
+    if choice.dtype == torch.float32 and not choice.tf32:
         return {**out, "min_cos": 1.0, "mean_cos": 1.0, "max_rel_l2": 0.0,
                 "reference": "the run is float32: it is the reference"}
     run = _flat_grads(world, rows, pad, device, choice.dtype, spec)
-    ref = _flat_grads(world, rows, pad, device, torch.float32, spec)
+    with exact_float32():  # the reference never runs on TF32, whatever the run's setting
+        ref = _flat_grads(world, rows, pad, device, torch.float32, spec)
     cos = F.cosine_similarity(run.double(), ref.double(), dim=1)
     rel = (run - ref).norm(dim=1) / ref.norm(dim=1).clamp(min=1e-30)
     return {**out, "min_cos": float(cos.min()), "mean_cos": float(cos.mean()),

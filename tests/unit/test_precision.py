@@ -80,3 +80,32 @@ def test_a_replay_cached_before_the_check_gets_its_fidelity_record(tmp_path):
     f = ensure_fidelity(world, arm, pool)
     assert f["dtype"] == "torch.bfloat16" and f["n_rows"] == 1 and f["min_cos"] < 1.0
     assert read_manifest(arm)["fidelity"] == f and read_manifest(arm)["arm"] == "vanilla"
+
+
+def test_tf32_setting_is_float32_and_its_fidelity_reference_is_exact(tmp_path, monkeypatch):
+    """`float32_tf32` keeps float32 weights and turns TF32 on; the fidelity check then compares
+    with a recomputation that runs with TF32 off (a reference on TF32 would compare it with
+    itself and always pass)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    c = choose_dtype("float32_tf32", "cpu", 64)
+    assert c.dtype == torch.float32 and c.tf32 and torch.backends.cuda.matmul.allow_tf32
+    seen = []
+    real = precision.exact_float32
+
+    def spy():
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return real()
+
+    import probe.fidelity as fidelity
+
+    monkeypatch.setattr(fidelity, "exact_float32", spy)
+    world = make_tiny_world(tmp_path / "w")
+    tf32 = RealWorld(replace(world.config, dtype="float32_tf32"), name="tiny-tf32")
+    tok = tf32.tokenizer
+    rows = [{"prompt_ids": tok("def f(x):", add_special_tokens=False)["input_ids"],
+             "completion_ids": tok(" return x", add_special_tokens=False)["input_ids"]}]
+    f = grad_fidelity(tf32, rows, tok.pad_token_id)
+    assert seen == [True] and f["reference"] == "float32 recomputation"
+    assert torch.backends.cuda.matmul.allow_tf32  # restored after the reference
+    assert f["min_cos"] > 0.9999  # CPU has no TF32: the two computations agree
