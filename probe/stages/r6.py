@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock
 
 from probe.adapters.registry import AdapterSpec, build_adapter
 from probe.arms import get_arm
@@ -147,8 +148,9 @@ def run_r6(world: World, cfg: Any, phase1_paths: Any, out_dir: str | Path = "out
     ensure_grpo(world, cfg.grpo, r5, V_ds, device=device, grader_config=cfg.grader,
                 adapter_spec=cfg.replay.adapter_spec(), vhack=cfg.vhack, pair_hint=cfg.pool.hint,
                 only=[("vanilla", s) for s in seeds])
-    V_lora = ensure_lora_vhack(world, cfg, paths, device)
-    ensure_lora_replay(world, cfg, phase1_paths, paths, V_lora, device)
+    with FileLock(str(paths.root / "lora_stages.lock")):  # one process makes them, others read
+        V_lora = ensure_lora_vhack(world, cfg, paths, device)
+        ensure_lora_replay(world, cfg, phase1_paths, paths, V_lora, device)
     _each_once([(str(paths.grpo.teacher(s)) + ".lock",
                  lambda s=s: ensure_teacher_rows(world, cfg.grpo, paths.grpo, s, device,
                                                  cfg.grader)) for s in seeds])
