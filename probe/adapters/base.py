@@ -199,4 +199,4 @@ def check_names_and_sizes(saved: dict[str, int], model: dict[str, int], what: st
             raise error(f"{what}: module {n!r} is not a wrapped module of the model")
     for n, r in model.items():
         if saved[n] != r:
-            raise error(f"{what}: module {n!r} has size {saved[n]}, the model's is {r}")
+            raise error(f"{what}: module {n!r} has flat size {saved[n]}, the model's is {r}")

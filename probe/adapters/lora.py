@@ -54,17 +54,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from probe.adapters.base import Adapter
+from probe.adapters.base import (DEFAULT_TARGETS, Adapter, AdapterStateError, _flat, check_names_and_sizes,
+                                 split_flat)
 from probe.io import atomic_path
-
-try:  # the shared error type, where the reshaped interface defines it
-    from probe.adapters.base import AdapterStateError
-except ImportError:
-    from probe.adapters.antipasto import AdapterStateError
 
 log = logging.getLogger(__name__)
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_TARGETS = DEFAULT_TARGETS  # upstream's seven projections
 INITS = ("peft", "nonzero_b", "frozen_a")
 FORMAT = "probe.adapter.v1"  # the shared adapter file format; the kind is metadata
 ADAPTER_NAME = "default"  # PEFT's adapter key inside each LoraLayer
@@ -186,53 +182,6 @@ class LoraAdapter(Adapter):
     def module_params(self) -> dict[str, list[nn.Parameter]]:
         return {n: m.params for n, m in self.modules.items()}
 
-    def named_params(self) -> dict[str, nn.Parameter]:
-        raise NotImplementedError("a LoRA module owns two tensors (A, B); use module_params() and "
-                                  "the flat views (flat_values, grads, set_grads)")
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {n: sum(p.numel() for p in ps) for n, ps in self.module_params().items()}
-
-    @property
-    def total_size(self) -> int:
-        return sum(self.sizes.values())
-
-    @property
-    def module_names(self) -> list[str]:
-        return list(self.modules)
-
-    @property
-    def device(self) -> torch.device:
-        return next(iter(self.modules.values())).B.device
-
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for ps in self.module_params().values() for p in ps]
-
-    def flat_values(self) -> dict[str, torch.Tensor]:
-        return {n: _flat([p.detach() for p in ps]).float()
-                for n, ps in self.module_params().items()}
-
-    def set_flat_values(self, flat: dict[str, torch.Tensor]) -> None:
-        _check_sizes({n: v.shape[-1] for n, v in flat.items()}, self.sizes, "flat values")
-        with torch.no_grad():
-            for n, ps in self.module_params().items():
-                for p, part in zip(ps, _split(flat[n], ps)):
-                    p.copy_(part.to(p.device, p.dtype))
-
-    def grads(self) -> dict[str, torch.Tensor]:
-        return {n: _flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in ps])
-                for n, ps in self.module_params().items()}
-
-    def set_grads(self, flat: dict[str, torch.Tensor]) -> None:
-        for n, ps in self.module_params().items():
-            for p, part in zip(ps, _split(flat[n], ps)):
-                p.grad = part.to(p.device, p.dtype).clone()
-
-    def zero_grad(self) -> None:
-        for p in self.parameters():
-            p.grad = None
-
     # -- probing, zeroed, remove -------------------------------------------------------------
     @contextlib.contextmanager
     def probing(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -350,28 +299,10 @@ def build_lora(model: nn.Module, spec) -> LoraAdapter:
         seed=getattr(spec, "seed", d.seed)))
 
 
-def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
 def _split(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
     """`flat` (..., size) cut into views shaped like `like` (leading axes kept)."""
-    lead = flat.shape[:-1]
-    parts = torch.split(flat, [t.numel() for t in like], dim=-1)
-    return [part.reshape(*lead, *t.shape) for part, t in zip(parts, like)]
+    return split_flat(flat, [t.shape for t in like])
 
 
 def _check_sizes(saved: dict[str, int], model: dict[str, int], what: str) -> None:
-    """A clear error naming the first module missing on either side or the first size differing."""
-    for n in model:
-        if n not in saved:
-            extra = next((k for k in saved if k not in model), None)
-            hint = f"; the file has e.g. {extra!r}" if extra else ""
-            raise LoraStateError(f"{what}: has no entry for the model's module {n!r}{hint}")
-    for n in saved:
-        if n not in model:
-            raise LoraStateError(f"{what}: module {n!r} is not a wrapped module of the model")
-    for n, size in model.items():
-        if saved[n] != size:
-            raise LoraStateError(f"{what}: module {n!r} has flat size {saved[n]}, the model's is "
-                                 f"{size}")
+    check_names_and_sizes(saved, model, what, LoraStateError)
