@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from probe.checks_grpo import rise
-from probe.checks_r6 import end_pass_rate
+from probe.checks_r6 import MATCH_TOL, end_pass_rate
 from probe.config import load_config
 from probe.layout import GRPOPaths, grpo_paths, world_identity
 from probe.orchestrate import Phase1Run
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--config", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="out")
-    ap.add_argument("--pass-tol", type=float, default=0.15)
+    ap.add_argument("--pass-tol", type=float, default=MATCH_TOL)
     a = ap.parse_args()
     from probe.arms import get_arm
     from probe.stages.grpo import ensure_grpo, run_grpo_arm
@@ -35,7 +35,7 @@ def main() -> None:
     from probe.stages.r6 import ensure_lora_vhack
     from probe.layout import r6_paths
 
-    cfg = load_config(a.config) if a.config else load_config(None)
+    cfg = load_config(a.config)
     seeds = a.seeds or list(cfg.grpo.seeds)
     from probe.world.select import get_world
 

@@ -87,7 +87,8 @@ def test_R6_T4_side_by_side(r6, verdict):
     w_ds, w_l = ds["v_hack"], lora["v_hack"]
     stat = (f"δS t={w_ds['t']:+.2f} (p={w_ds['p']:.2g}, n {ds['n_pure']}/{ds['n_combined']}); "
             f"LoRA t={w_l['t']:+.2f} (p={w_l['p']:.2g}, n {lora['n_pure']}/{lora['n_combined']}); "
-            f"random-null p δS {ds['random_null']['p_empirical']:.2g}, LoRA {lora['random_null']['p_empirical']:.2g}")
+            f"random-null p δS {ds['random_null']['p_empirical']:.2g}, "
+            f"LoRA {lora['random_null']['p_empirical']:.2g}")
     ok = math.isfinite(w_l["t"]) and w_l["t"] >= EFFECT_RATIO * w_ds["t"]
     verdict("R6", "T4 t: LoRA ≥ 80% of δS", stat, f"LoRA t ≥ {EFFECT_RATIO} × δS t", ok)
     assert ok, stat

@@ -50,12 +50,11 @@ import torch
 import torch.nn.functional as F
 from peft import LoraConfig, LoraModel
 from peft.tuners.lora import LoraLayer
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from probe.adapters.base import (DEFAULT_TARGETS, Adapter, AdapterStateError, _flat, check_names_and_sizes,
-                                 split_flat)
+from probe.adapters.base import (DEFAULT_TARGETS, Adapter, AdapterStateError, _flat,
+                                 check_names_and_sizes, read_safetensors, split_flat)
 from probe.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -251,14 +250,7 @@ class LoraAdapter(Adapter):
         """Load a state saved by `save`; another kind, init, alpha, base model, module set or size
         is a `LoraStateError` naming it."""
         path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:  # safetensors raises several types for corrupt files
-            raise LoraStateError(f"{path}: not a readable safetensors file ({e})") from e
-        if meta.get("format") != FORMAT:
-            raise LoraStateError(f"{path}: not an adapter state (format={meta.get('format')!r})")
+        tensors, meta = read_safetensors(path, FORMAT, "an adapter state", LoraStateError)
         if meta.get("kind") != self.kind:
             raise LoraStateError(f"{path}: a {meta.get('kind')!r} adapter state, loading into a "
                                  f"{self.kind!r} adapter")
