@@ -212,28 +212,72 @@ def grads_section(a, model, adapter, N: int, ceiling: float, res: dict) -> None:
 
 def step_section(a, model, adapter, N: int, ceiling: float, res: dict) -> None:
     """The whole replay step (stages.replay.replay_step: grads, cosines, projection, clip, AdamW)
-    on B rows, projected arm."""
+    on B rows, projected arm: per-module arithmetic on one concatenated vector (probe/flat.py, the
+    CUDA default) against the module-by-module loop, the per-sample gradients alone at the same
+    δS ≠ 0, and a profile of the concatenated step's top operators."""
+    from probe import flat
     from probe.stages.replay import ReplayConfig, replay_step
     from probe.vhack import random_directions, random_unit_directions
 
-    prompts, comps, _ = make_batch(a.batch, a.seq, model.config.vocab_size, a.device)
+    prompts, comps, batch = make_batch(a.batch, a.seq, model.config.vocab_size, a.device)
     rows = [{"prompt_ids": p, "completion_ids": c} for p, c in zip(prompts, comps)]
     V = {k: {n: t.to(a.device) for n, t in random_directions(adapter.ranks, 1, i).items()}
          for i, k in enumerate(("nll", "random", "shuffled"))}
     null = {n: t.to(a.device) for n, t in random_unit_directions(adapter.ranks, 100, 9).items()}
     cfg = ReplayConfig(micro_batch=a.batch)
-    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr)
+    fl = 4 * N * a.batch * a.seq
 
-    def one_step():
-        replay_step(adapter, opt, rows, V, cfg, 0, "nll", a.device, null)
-
-    def go():
-        set_delta_s(adapter, 0.0)
-        t, peak, _ = timed(one_step, a.device, a.repeats)  # the warm-up step makes δS ≠ 0
-        fl = 4 * N * a.batch * a.seq
+    def row(t: float, peak: float) -> dict:
         return {"s": t, "tflops_4NT": fl / t / 1e12, "pct_ceiling": 100 * fl / t / 1e12 / ceiling,
                 "peak_gib": peak}
-    guarded("whole replay step (default path)", go, res)
+
+    def step(flat_ops: bool):
+        def go():
+            flat.FLAT_OPS = flat_ops
+            set_delta_s(adapter, 1e-3)  # a trained student: the default δS branch at δS != 0
+            opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr)
+            try:
+                t, peak, _ = timed(lambda: replay_step(adapter, opt, rows, V, cfg, 0, "nll",
+                                                       a.device, null), a.device, a.repeats)
+            finally:
+                flat.FLAT_OPS = None
+            return row(t, peak)
+        return go
+
+    def grads_alone():
+        set_delta_s(adapter, 1e-3)
+        t, peak, _ = timed(lambda: per_sample_grads(adapter, batch), a.device, a.repeats)
+        return row(t, peak)
+    guarded("whole replay step (concatenated ops)", step(True), res)
+    guarded("whole replay step (module loop)", step(False), res)
+    guarded("whole step's grads alone, δS≠0", grads_alone, res)
+    guarded("step profile", lambda: step_profile(a, adapter, rows, V, cfg, null), res)
+
+
+def step_profile(a, adapter, rows, V, cfg, null, top: int = 12) -> dict:
+    """One concatenated-ops replay step under torch.profiler: the operators with the most self
+    device (CPU: host) time, and the step's operator and kernel counts."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from probe.stages.replay import replay_step
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if a.device == "cuda" else [])
+    opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr)
+    replay_step(adapter, opt, rows, V, cfg, 0, "nll", a.device, null)  # warm
+    sync(a.device)
+    with profile(activities=acts) as prof:
+        replay_step(adapter, opt, rows, V, cfg, 0, "nll", a.device, null)
+        sync(a.device)
+    dev = "device" if a.device == "cuda" else "cpu"
+    events = prof.key_averages()
+
+    def self_us(e) -> float:
+        return e.self_device_time_total if dev == "device" else e.self_cpu_time_total
+    ranked = sorted(events, key=self_us, reverse=True)[:top]
+    return {"ops": int(sum(e.count for e in events)),
+            "self_total_ms": sum(self_us(e) for e in events) / 1e3,
+            "top": [[e.key, int(e.count), round(self_us(e) / 1e3, 2),
+                     round(e.self_cpu_time_total / 1e3, 2)] for e in ranked]}
 
 
 class IntTokenizer:
@@ -461,12 +505,24 @@ def report(a, res: dict) -> None:
     print(f"per-sample grads, B{a.batch} x T{a.seq} (4NT = {res.get('4NT_flop', 0):.3g} flop):")
     print(f"  {'what':<42}{'s':>8}{'TFLOP/s':>9}{'% ceil':>8}{'peak GiB':>10}")
     for k, v in res.items():
-        if isinstance(v, dict) and k.startswith(("psg", "plain", "whole")):
+        if isinstance(v, dict) and k.startswith(("psg", "plain", "whole")) \
+                and ("error" in v or "tflops_4NT" in v):
             if "error" in v:
                 print(f"  {k:<42}{v['error'][:60]}")
             else:
                 print(f"  {k:<42}{v['s']:>8.3f}{v['tflops_4NT']:>9.0f}{v['pct_ceiling']:>7.1f}%"
                       f"{v['peak_gib']:>10.1f}")
+    steps = [res.get(k, {}).get("s") for k in ("whole replay step (concatenated ops)",
+                                              "whole step's grads alone, δS≠0")]
+    if None not in steps:
+        print(f"  the step's time beyond its per-sample grads: {100 * (steps[0] / steps[1] - 1):.1f}%"
+              f" ({steps[0] - steps[1]:.3f} s)")
+    prof = res.get("step profile", {})
+    if "top" in prof:
+        print(f"  step profile: {prof['ops']} operator calls, {prof['self_total_ms']:.0f} ms self "
+              f"time; top (name, calls, self ms, self host ms):")
+        for name, calls, ms, host in prof["top"]:
+            print(f"    {name[:48]:<48}{calls:>7}{ms:>9.1f}{host:>9.1f}")
     if "decode_bound_steps_per_s" in res:
         db = res["decode_bound_steps_per_s"]
         print(f"generation, prompt {a.prompt} + {a.new} new tokens; decode bound "

@@ -19,14 +19,21 @@ class ComputeConfig:
     compile_generation: bool = False
     # the fused δS autograd node: "auto" = on CUDA while δS is zero; "on"/"off" force it
     fused_svd: str = "auto"
+    # the step's per-module cosines/projection on one concatenated vector (probe/flat.py):
+    # "auto" = for CUDA tensors; "on"/"off" force it
+    flat_ops: str = "auto"
 
 
 def apply(cfg: ComputeConfig) -> None:
     """Set the process-wide switches the generation and adapter code read."""
     import probe.generate as generate
+    from probe import flat
     from probe.adapters import fused_svd
 
-    if cfg.fused_svd not in FUSED_SETTINGS:
-        raise ValueError(f"compute.fused_svd {cfg.fused_svd!r} is not one of {FUSED_SETTINGS}")
+    for key in ("fused_svd", "flat_ops"):
+        if getattr(cfg, key) not in FUSED_SETTINGS:
+            raise ValueError(f"compute.{key} {getattr(cfg, key)!r} is not one of {FUSED_SETTINGS}")
+    setting = {"auto": None, "on": True, "off": False}
     generate.COMPILE_ON_CUDA = bool(cfg.compile_generation)
-    fused_svd.FUSED_SVD = {"auto": None, "on": True, "off": False}[cfg.fused_svd]
+    fused_svd.FUSED_SVD = setting[cfg.fused_svd]
+    flat.FLAT_OPS = setting[cfg.flat_ops]

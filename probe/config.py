@@ -111,6 +111,7 @@ RULES: dict[str, Callable[[Any], str | None]] = {
         "pool.base_reference_steps", "vhack.noise_floor", "replay.weight_decay",
         "replay.null_directions", "grader.workers", "grpo.weight_decay", "r6.drift_every")},
     "r6.init": _one_of(LORA_INITS), "compute.fused_svd": _one_of(FUSED_SETTINGS),
+    "compute.flat_ops": _one_of(FUSED_SETTINGS),
     "pool.top_p": _unit_interval, "grpo.top_p": _unit_interval,
     "grpo.teacher_frac": lambda v: None if 0 <= v <= 1 else "must be in [0, 1]",
     "grpo.correction": _one_of(CORRECTIONS), "grpo.projection": _one_of(MODES),

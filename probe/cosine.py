@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from probe import flat
+
 EPS = 1e-12
 
 
@@ -34,20 +36,41 @@ def require_modules(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) 
     return list(grads)
 
 
+def flat_units(seg: flat.Segments, v: dict[str, torch.Tensor], dtype: torch.dtype
+               ) -> torch.Tensor:
+    """(D,): every module's principal unit direction, concatenated (the flat path's v̂)."""
+    first = seg.cat({n: v[n][0] if v[n].dim() == 2 else v[n] for n in seg.names}, dtype)
+    return first / seg.expand(seg.norms(first).clamp(min=EPS))
+
+
 def module_dots(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
     """⟨c_m, v̂_m⟩ for every module: (..., M)."""
     names = require_modules(grads, v)
+    if flat.use_flat(grads):
+        seg = flat.segments(grads)
+        G = seg.cat(grads)
+        return seg.sums(G * flat_units(seg, v, G.dtype))
     return torch.stack([_f(grads[n]) @ principal_unit(v[n]).to(grads[n].device, _f(grads[n]).dtype) for n in names], -1)
 
 
 def module_sq_norms(grads: dict[str, torch.Tensor]) -> torch.Tensor:
+    if flat.use_flat(grads):
+        seg = flat.segments(grads)
+        G = seg.cat(grads)
+        return seg.sums(G * G)
     return torch.stack([_f(g).pow(2).sum(-1) for g in grads.values()], -1)
 
 
 def norm_weighted_cos(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) -> torch.Tensor:
     """The spec's metric, (...,). NaN where the whole gradient is zero (an undefined cosine)."""
-    num = module_dots(grads, v).sum(-1)
-    den = module_sq_norms(grads).sum(-1).sqrt()
+    if flat.use_flat(grads):
+        require_modules(grads, v)
+        seg = flat.segments(grads)
+        G = seg.cat(grads)
+        num, den = G @ flat_units(seg, v, G.dtype), G.norm(dim=-1)
+    else:
+        num = module_dots(grads, v).sum(-1)
+        den = module_sq_norms(grads).sum(-1).sqrt()
     return torch.where(den > 0, num / den.clamp(min=EPS), torch.full_like(num, float("nan")))
 
 
@@ -55,8 +78,13 @@ def norm_weighted_cos_many(grads: dict[str, torch.Tensor], dirs: dict[str, torch
                            ) -> torch.Tensor:
     """`norm_weighted_cos` against n directions at once: dirs (n, size) unit rows per module -> (B, n)."""
     names = require_modules(grads, dirs)
-    num = sum(_f(grads[m]) @ dirs[m].to(grads[m].device, _f(grads[m]).dtype).T for m in names)
-    den = module_sq_norms(grads).sum(-1).sqrt()[..., None]
+    if flat.use_flat(grads):
+        seg = flat.segments(grads)
+        G = seg.cat(grads)
+        num, den = G @ seg.cat_rows(dirs, G.dtype).T, G.norm(dim=-1)[..., None]
+    else:
+        num = sum(_f(grads[m]) @ dirs[m].to(grads[m].device, _f(grads[m]).dtype).T for m in names)
+        den = module_sq_norms(grads).sum(-1).sqrt()[..., None]
     return torch.where(den > 0, num / den.clamp(min=EPS), torch.full_like(num, float("nan")))
 
 

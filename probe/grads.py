@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from probe import flat
 from probe.adapters.base import Adapter
 from probe.batch import TokenBatch
 
@@ -25,6 +26,8 @@ class PerSampleGrads:
     @property
     def norms(self) -> torch.Tensor:
         """Per-sample total gradient norm over all modules, (B,)."""
+        if flat.use_flat(self.grads):
+            return flat.segments(self.grads).cat(self.grads, torch.float32).norm(dim=-1)
         sq = sum(g.flatten(1).pow(2).sum(-1) for g in self.grads.values())
         return sq.sqrt()
 
@@ -122,6 +125,7 @@ def per_sample_grads(adapter: Adapter, batch: TokenBatch,
         gs = torch.autograd.grad(loss.sum(), [probes[n] for n in names], allow_unused=True)
     grads = {n: (g if g is not None else torch.zeros_like(probes[n])).detach().float()
              for n, g in zip(names, gs)}
+    grads = flat.pack(grads)  # on the concatenated path: one (B, D) buffer, free to concatenate
     if accumulate_mean:
         adapter.set_grads({n: g.mean(0) for n, g in grads.items()})
     return PerSampleGrads(grads, loss.detach())

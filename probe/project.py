@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from probe import flat
 from probe.adapters.base import Adapter
 from probe.cosine import require_modules
 
@@ -87,11 +88,55 @@ def as_basis(v: torch.Tensor) -> torch.Tensor:
     return v[None] if v.dim() == 1 else v
 
 
+def module_hackward_cos(vectors: dict[str, torch.Tensor], V: dict[str, torch.Tensor]
+                        ) -> torch.Tensor:
+    """(M,): every module's ‖relu(V_m x_m)‖/‖x_m‖ (x (size,) in gradient orientation)."""
+    require_modules(vectors, V)
+    if flat.use_flat(vectors) and flat.same_k(V, tuple(vectors)):
+        seg = flat.segments(vectors)
+        x = seg.cat(vectors, torch.float32)
+        c = seg.sums(x * seg.cat_rows(V, torch.float32))
+        return c.clamp(min=0).norm(dim=0) / seg.norms(x).clamp(min=1e-30)
+    return torch.stack([hackward_cos(x.float(), as_basis(V[n]).to(x.device).float())
+                        for n, x in vectors.items()])
+
+
+def _project_flat(grads: dict[str, torch.Tensor], V: dict[str, torch.Tensor], mode: str,
+                  preserve_magnitude: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """`project_grads`' arithmetic on the concatenated vector: the projected grads and the
+    (M, 6) table of cos_in, cos_out, signed_in, signed_out, norm_in, norm_out."""
+    if mode not in MODES:
+        raise ValueError(f"unknown projection mode {mode!r}; expected one of {MODES}")
+    seg = flat.segments(grads)
+    g = seg.cat(grads)
+    Vc = seg.cat_rows(V, g.dtype)  # (k, D)
+    c = seg.sums(g * Vc)  # (k, M) = V_m g_m
+    coef = {"one_sided": c.clamp(min=0), "no_gate": c, "reverse": 2 * c}[mode]
+    out = g - (seg.expand(coef) * Vc).sum(0)
+    gn = seg.norms(g)
+    if preserve_magnitude:
+        on = seg.norms(out)
+        # a residue at rounding level has no direction worth rescaling
+        scale = torch.where(on > RESIDUE * gn, gn / on.clamp(min=1e-30), torch.ones_like(on))
+        out = out * seg.expand(scale)
+    on, c_out = seg.norms(out), seg.sums(out * Vc)
+    cos_out = torch.where(on > RESIDUE * gn, c_out.clamp(min=0).norm(dim=0) / on.clamp(min=1e-30),
+                          torch.zeros_like(gn))
+    table = torch.stack([c.clamp(min=0).norm(dim=0) / gn.clamp(min=1e-30), cos_out,
+                         c[0] / gn.clamp(min=1e-30), c_out[0] / on.clamp(min=1e-30), gn, on], 1)
+    new = {n: part.to(grads[n].dtype) for n, part in seg.split(out).items()}
+    return new, table.float()
+
+
 def project_grads(grads: dict[str, torch.Tensor], V: dict[str, torch.Tensor],
                   mode: str = "one_sided", preserve_magnitude: bool = False
                   ) -> tuple[dict[str, torch.Tensor], ProjectionDiag]:
     """Project every module's flat gradient (size,) against its V (k, size); returns new grads and diagnostics."""
     require_modules(grads, V)
+    keys = ("cos_in", "cos_out", "signed_in", "signed_out", "norm_in", "norm_out")
+    if flat.use_flat(grads) and flat.same_k(V, tuple(grads)):
+        out, table = _project_flat(grads, V, mode, preserve_magnitude)
+        return out, _diag(grads, table.cpu(), keys)  # one device sync
     out, stats = {}, []
     for n, g_raw in grads.items():
         # in at least float32: a bf16 projection leaves a rounding residue with a random direction
@@ -106,8 +151,13 @@ def project_grads(grads: dict[str, torch.Tensor], V: dict[str, torch.Tensor],
             (g.float() @ v0) / gn.clamp(min=1e-30), (g_out.float() @ v0) / on.clamp(min=1e-30),
             gn, on]))
         out[n] = g_out.to(g_raw.dtype)
-    keys = ("cos_in", "cos_out", "signed_in", "signed_out", "norm_in", "norm_out")
     table = torch.stack(stats).cpu() if stats else torch.zeros(0, len(keys))  # one device sync
+    return out, _diag(grads, table, keys)
+
+
+def _diag(grads: dict[str, torch.Tensor], table: torch.Tensor, keys: tuple[str, ...]
+          ) -> ProjectionDiag:
+    """The diagnostics from the per-module table (rows in `grads`' order, columns `keys`)."""
     per = {n: dict(zip(keys, row.tolist())) for n, row in zip(grads, table)}
     for p in per.values():
         p["fired"] = float(p["cos_in"] > FIRE_EPS)
@@ -121,7 +171,7 @@ def project_grads(grads: dict[str, torch.Tensor], V: dict[str, torch.Tensor],
         signed_out=mean("signed_out"), frac_fired=mean("fired"),
         norm_in=sum(p["norm_in"] ** 2 for p in per.values()) ** 0.5,
         norm_out=sum(p["norm_out"] ** 2 for p in per.values()) ** 0.5, per_module=per)
-    return out, diag
+    return diag
 
 
 def project_adapter_grads_(adapter: Adapter, V: dict[str, torch.Tensor], mode: str = "one_sided",

@@ -10,6 +10,7 @@ own summary from the `StepReport`: the arithmetic that moves the parameters is h
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -19,7 +20,8 @@ from probe.adapters.base import Adapter, AdapterStateError, check_names_and_size
 from probe.batch import TokenBatch, collate
 from probe.cosine import norm_weighted_cos
 from probe.grads import PerSampleGrads, TokenLoss, per_sample_grads
-from probe.project import as_basis, hackward_cos, project_adapter_grads_, project_grads
+from probe import flat
+from probe.project import module_hackward_cos, project_adapter_grads_, project_grads
 from probe.rl.distributed import all_reduce_sum_, shard
 
 REDUCTIONS = ("mean", "sum")
@@ -78,12 +80,30 @@ class StepReport:
 
 def mean_hackward(vectors: dict[str, torch.Tensor], V: dict[str, torch.Tensor]) -> float:
     """Mean over modules of ‖relu(V x)‖/‖x‖ (x in gradient orientation: > 0 = toward hacking)."""
-    vals = [hackward_cos(x.float(), as_basis(V[n]).to(x.device).float()) for n, x in vectors.items()]
-    return float(torch.stack(vals).mean()) if vals else float("nan")
+    return float(module_hackward_cos(vectors, V).mean()) if vectors else float("nan")
 
 
 def total_norm(vectors: dict[str, torch.Tensor]) -> float:
+    if flat.use_flat(vectors):
+        return float(flat.segments(vectors).cat(vectors, torch.float32).norm())
     return float(torch.sqrt(sum(v.float().pow(2).sum() for v in vectors.values())))
+
+
+def add_row_sums_(acc: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
+                  select: torch.Tensor | None = None) -> None:
+    """acc[m] += Σ over rows (those in `select`) of grads[m] (B, size), for every module."""
+    if flat.use_flat(grads):
+        seg = flat.segments(grads)
+        rows = seg.cat(grads, torch.float32)
+        total = (rows if select is None else rows[select]).sum(0)
+        whole = flat.adjacent([acc[n] for n in seg.names])
+        if whole is not None and whole.dtype == total.dtype:
+            whole += total  # acc's tensors are views of `whole`
+        else:
+            torch._foreach_add_([acc[n] for n in seg.names], list(seg.split(total).values()))
+        return
+    for n, g in grads.items():
+        acc[n] += (g if select is None else g[select]).sum(0)
 
 
 def summed_grads(adapter: Adapter, rows: Sequence[dict[str, Any]], pad: int, device: str,
@@ -95,16 +115,14 @@ def summed_grads(adapter: Adapter, rows: Sequence[dict[str, Any]], pad: int, dev
     micro-batch; each micro-batch, with its rows' cosines against every direction in
     `directions`, is handed to `on_micro_batch`."""
     index = list(range(len(rows))) if index is None else list(index)
-    summed = {n: torch.zeros(s, dtype=torch.float32, device=adapter.device)
-              for n, s in adapter.sizes.items()}
+    summed = flat.zeros(adapter.sizes, adapter.device)
     for i in range(0, len(rows), micro_batch):
         part, idx = rows[i:i + micro_batch], index[i:i + micro_batch]
         batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part],
                         pad).to(device)
         token_loss = token_loss_for(part, idx, batch) if token_loss_for is not None else None
         psg = per_sample_grads(adapter, batch, token_loss=token_loss)
-        for n, g in psg.grads.items():
-            summed[n] += g.sum(0)
+        add_row_sums_(summed, psg.grads)
         if on_micro_batch is not None:
             cos = {k: norm_weighted_cos(psg.grads, v) for k, v in (directions or {}).items()}
             on_micro_batch(MicroBatch(part, idx, batch, psg, cos))
@@ -125,14 +143,14 @@ def optimizer_step(adapter: Adapter, opt: torch.optim.Optimizer, grad: dict[str,
     if track is not None:
         extra["tracked_cos_in"] = mean_hackward(g_in, track)
     if projection is not None and projection.target == "grad":
-        before = {n: g.clone() for n, g in g_in.items()}
+        before = flat.copy(g_in)
         diag = project_adapter_grads_(adapter, projection.V, projection.mode,
                                       projection.preserve_magnitude)
         after = adapter.grads()
         # recomputed from .grad itself, not from the projection's own report: a projection fed
         # the wrong direction (or sign) leaves the hack-ward cosine > 0
         extra.update(projection=diag.to_dict(),
-                     grad_change_norm=total_norm({n: after[n] - before[n] for n in before}),
+                     grad_change_norm=total_norm(flat.sub(after, before)),
                      grad_cos_out_projected=mean_hackward(after, projection.V),
                      grad_hackward_cos_out=mean_hackward(after, v_hack))
     norm_out = total_norm(adapter.grads())
@@ -145,14 +163,14 @@ def optimizer_step(adapter: Adapter, opt: torch.optim.Optimizer, grad: dict[str,
     adapter.zero_grad()
     if projection is not None and projection.target == "update":
         # AdamW's preconditioner can rotate a projected gradient back toward V: project the step
-        update = {n: before_step[n] - v for n, v in adapter.flat_values().items()}
+        update = flat.sub(before_step, adapter.flat_values())
         extra["update_cos_before_projection"] = mean_hackward(update, v_hack)
         new, diag = project_grads(update, projection.V, projection.mode,
                                   projection.preserve_magnitude)
         extra["projection"] = diag.to_dict()
         adapter.set_flat_values({n: before_step[n] - new[n] for n in new})
     # the step actually applied, read back from the parameters (not from what was computed)
-    update = {n: before_step[n] - v for n, v in adapter.flat_values().items()}
+    update = flat.sub(before_step, adapter.flat_values())
     if track is not None:
         extra["tracked_update_cos"] = mean_hackward(update, track)
     return StepReport(grad_norm_in=norm_in, grad_hackward_cos=hack_in, grad_norm_out=norm_out,
@@ -174,12 +192,24 @@ def train_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: Sequence[dict
     and the sum is all-reduced before projection, so every rank takes the identical step."""
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce {reduce!r} is not one of {REDUCTIONS}")
+    if flat.use_flat(v_hack):  # every direction as views of one buffer: its concatenation is free
+        packed: dict[int, dict[str, torch.Tensor]] = {}
+
+        def pack(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            if id(d) not in packed:
+                packed[id(d)] = flat.pack(d)
+            return packed[id(d)]
+        v_hack = pack(v_hack)
+        directions = {k: pack(d) for k, d in (directions or {}).items()} or directions
+        track = pack(track) if track is not None else None
+        if projection is not None:
+            projection = dataclasses.replace(projection, V=pack(projection.V))
     mine, idx = shard(rows) if distributed else (list(rows), list(range(len(rows))))
     summed = summed_grads(adapter, mine, pad, device, micro_batch, token_loss_for, directions,
                           on_micro_batch, idx)
     if distributed:
         all_reduce_sum_(summed)
-    grad = summed if reduce == "sum" else {n: g / len(rows) for n, g in summed.items()}
+    grad = summed if reduce == "sum" else flat.div(summed, len(rows))
     return optimizer_step(adapter, opt, grad, v_hack, projection, max_grad_norm, track)
 
 

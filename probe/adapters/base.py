@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from probe import flat as flat_path
 from probe.io import atomic_path
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -92,9 +93,13 @@ class Adapter(abc.ABC):
         return [p for ps in self.module_params().values() for p in ps]
 
     def flat_values(self) -> dict[str, torch.Tensor]:
-        """Current flat vector per module, float32: a copy (an optimizer step does not move it)."""
-        return {n: _flat([p.detach() for p in ps]).float().clone()
-                for n, ps in self.module_params().items()}
+        """Current flat vector per module, float32: a copy (an optimizer step does not move it).
+        On the concatenated path (probe/flat.py) one copy of everything, viewed per module."""
+        params = self.module_params()
+        if flat_path.use_flat_on(self.device):
+            buf = torch.cat([p.detach().reshape(-1).float() for ps in params.values() for p in ps])
+            return dict(zip(params, torch.split(buf, list(self.sizes.values()))))
+        return {n: _flat([p.detach() for p in ps]).float().clone() for n, ps in params.items()}
 
     def set_flat_values(self, flat: dict[str, torch.Tensor]) -> None:
         """Write flat vectors (e.g. a checkpoint's) into the parameters; sizes must match."""
@@ -113,8 +118,20 @@ class Adapter(abc.ABC):
 
     def set_grads(self, flat: dict[str, torch.Tensor]) -> None:
         """Write flat gradients into each tensor's `.grad` (split, viewed, cast to its dtype). The
-        `.grad` is a copy: clipping rescales it in place, never the caller's tensor."""
-        for n, ps in self.module_params().items():
+        `.grad` is a copy: clipping rescales it in place, never the caller's tensor. On the
+        concatenated path every `.grad` is a view of one new buffer (one copy, not one per
+        tensor)."""
+        params = self.module_params()
+        dtypes = {p.dtype for ps in params.values() for p in ps}
+        if flat_path.use_flat(flat) and len(dtypes) == 1:
+            check_names_and_sizes({n: v.shape[-1] for n, v in flat.items()}, self.sizes, "grads")
+            dtype = dtypes.pop()
+            buf = torch.cat([flat[n].reshape(-1).to(dtype) for n in params])
+            parts = torch.split(buf, [p.numel() for ps in params.values() for p in ps])
+            for p, part in zip((p for ps in params.values() for p in ps), parts):
+                p.grad = part.view(p.shape)
+            return
+        for n, ps in params.items():
             for p, part in zip(ps, _split(flat[n], ps)):
                 p.grad = part.to(p.dtype, copy=True)
 

@@ -23,7 +23,8 @@ from probe.rl.config import GRPOConfig
 from probe.rl.distributed import all_reduce_sum_, gather_in_order, gather_objects
 from probe.rl.dr_grpo import (RatioStats, SurrogateInputs, clip_fraction, group_advantages,
                               scatter_tokens, surrogate)
-from probe.train_step import MicroBatch, Projection, summed_grads, total_norm, train_step
+from probe.train_step import (MicroBatch, Projection, add_row_sums_, summed_grads, total_norm,
+                              train_step)
 
 ROW_KEEP = ("problem_id", "step", "group", "index", "source", "label", "hacked", "hack_attempt",
             "gt_pass", "reward", "completion_len", "completion")
@@ -69,8 +70,7 @@ class _SurrogatePass:
     def on_micro_batch(self, mb: MicroBatch) -> None:
         psg = mb.grads
         t_sel = torch.tensor([r["source"] == "teacher" for r in mb.rows], device=psg.loss.device)
-        for n, g in psg.grads.items():
-            self.teacher[n] += g[t_sel].sum(0)
+        add_row_sums_(self.teacher, psg.grads, t_sel)
         if not mb.cos:
             return
         cols = {f"cos_{k}": c for k, c in mb.cos.items()}

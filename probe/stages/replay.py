@@ -28,6 +28,7 @@ from probe.cosine import norm_weighted_cos_many
 from probe.encoding import pad_id
 from probe.fidelity import grad_fidelity
 from probe.io import atomic_path
+from probe import flat
 from probe.train_step import (MicroBatch, Projection, checkpoint_params, saved_params,
                               total_norm, train_step)
 from probe.vhack import random_unit_directions
@@ -67,6 +68,7 @@ def replay_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: list[dict[st
     """One optimizer step on `rows` (the mean NLL over rows); returns per-row records and the
     step summary."""
     out_rows: list[dict[str, Any]] = []
+    null_dirs = flat.pack(null_dirs) if null_dirs else null_dirs
 
     def record(mb: MicroBatch) -> None:
         psg, batch = mb.grads, mb.batch
