@@ -254,6 +254,35 @@ def step_section(a, model, adapter, N: int, ceiling: float, res: dict) -> None:
     guarded("step profile", lambda: step_profile(a, adapter, rows, V, cfg, null), res)
 
 
+def rank_section(a, model, adapter, N: int, ceiling: float, res: dict) -> None:
+    """Per-sample grads with a rank-r δS (`replay.rank`): the branch's U/Vh matmuls, which at
+    full rank hold 1.34 N parameters and bound the full-rank rate, shrink with r. Runs last: it
+    detaches the full-rank adapter."""
+    from probe.adapters.antipasto import AntipastoConfig
+
+    adapter.remove()
+    _, _, batch = make_batch(a.batch, a.seq, model.config.vocab_size, a.device)
+    fl = 4 * N * a.batch * a.seq
+    for r in a.ranks:
+        def go(r: int = r):
+            for name, mod in model.named_modules():  # the planted factors, truncated
+                U, Vh = a._factors[name] if name in a._factors else (None, None)
+                if U is not None:
+                    key = (tuple(mod.weight.shape), mod.weight.dtype, str(mod.weight.device), r,
+                           _fingerprint(mod.weight))
+                    Ur, Vr = U[:, :r].contiguous(), Vh[:r].contiguous()
+                    SVD_CACHE._entries[key] = (Ur, Vr, _fingerprint(Ur), _fingerprint(Vr))
+            low = AntipastoAdapter(model, AntipastoConfig(rank=r))
+            try:
+                set_delta_s(low, 1e-3)
+                t, peak, _ = timed(lambda: per_sample_grads(low, batch), a.device, a.repeats)
+            finally:
+                low.remove()
+            return {"s": t, "tflops_4NT": fl / t / 1e12,
+                    "pct_ceiling": 100 * fl / t / 1e12 / ceiling, "peak_gib": peak}
+        guarded(f"psg reference, δS≠0, rank {r}", go, res)
+
+
 def step_profile(a, adapter, rows, V, cfg, null, top: int = 12) -> dict:
     """One concatenated-ops replay step under torch.profiler: the operators with the most self
     device (CPU: host) time, and the step's operator and kernel counts."""
@@ -455,13 +484,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--real-prompt", type=int, default=400, help="R1-R5 estimate's prompt tokens")
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=("grads", "step", "generate", "fidelity"))
+    ap.add_argument("--ranks", type=int, nargs="*", default=[256],
+                    help="δS ranks for the rank section (runs last; none: skip)")
     ap.add_argument("--json", help="also write every number to this file")
     a = ap.parse_args(argv)
     if a.tiny:
         a.device = "cpu" if a.device == "cuda" and not torch.cuda.is_available() else a.device
         a.batch, a.big_batch, a.seq, a.repeats = 2, 0, 32, 1
         a.gen_batches, a.prompt, a.new, a.fid_batch, a.fid_seq = [2], 8, 4, 2, 16
-        a.compile = False
+        a.compile, a.ranks = False, [8]
     shape = TINY if a.tiny else QWEN3_4B
     a.layers = a.layers or shape["num_hidden_layers"]
     dtype = torch.bfloat16
@@ -487,11 +518,15 @@ def main(argv: list[str] | None = None) -> dict:
                 res)
     if "generate" not in a.skip:
         generation_section(a, model, adapter, res, ceil["copy_tbps"])
+    if a.ranks and "grads" not in a.skip:
+        a._factors = factors
+        rank_section(a, model, adapter, N, ceil["matmul_tflops"], res)
     estimate_section(a, res)
     res["total_s"] = time.perf_counter() - t0
     report(a, res)
     if a.json:
         res["args"].pop("_adapter", None)
+        res["args"].pop("_factors", None)
         Path(a.json).write_text(json.dumps(res, indent=1, default=str))
     return res
 

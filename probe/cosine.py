@@ -39,7 +39,11 @@ def require_modules(grads: dict[str, torch.Tensor], v: dict[str, torch.Tensor]) 
 def flat_units(seg: flat.Segments, v: dict[str, torch.Tensor], dtype: torch.dtype
                ) -> torch.Tensor:
     """(D,): every module's principal unit direction, concatenated (the flat path's v̂)."""
-    first = seg.cat({n: v[n][0] if v[n].dim() == 2 else v[n] for n in seg.names}, dtype)
+    whole = getattr(v, "whole", None)  # a flat.Packed direction: its rows are (k, D) already
+    if whole is not None and tuple(v) == seg.names:
+        first = (whole[0] if whole.dim() == 2 else whole).to(seg.lengths.device, dtype)
+    else:
+        first = seg.cat({n: v[n][0] if v[n].dim() == 2 else v[n] for n in seg.names}, dtype)
     return first / seg.expand(seg.norms(first).clamp(min=EPS))
 
 

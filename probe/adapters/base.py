@@ -98,7 +98,7 @@ class Adapter(abc.ABC):
         params = self.module_params()
         if flat_path.use_flat_on(self.device):
             buf = torch.cat([p.detach().reshape(-1).float() for ps in params.values() for p in ps])
-            return dict(zip(params, torch.split(buf, list(self.sizes.values()))))
+            return flat_path.Packed(zip(params, torch.split(buf, list(self.sizes.values()))), buf)
         return {n: _flat([p.detach() for p in ps]).float().clone() for n, ps in params.items()}
 
     def set_flat_values(self, flat: dict[str, torch.Tensor]) -> None:
@@ -112,7 +112,12 @@ class Adapter(abc.ABC):
 
     def grads(self) -> dict[str, torch.Tensor]:
         """Current `.grad` flattened per module (zeros where backward left none). A module with
-        one tensor gets a view of its `.grad`, not a copy."""
+        one tensor gets a view of its `.grad`, not a copy. After the concatenated path's
+        `set_grads`, views of its one buffer (free to concatenate)."""
+        buf, grads = getattr(self, "_grad_buf", (None, ()))
+        if buf is not None and all(p.grad is g for p, g in zip(self.parameters(), grads)):
+            return flat_path.Packed(zip(self.module_names,
+                                        torch.split(buf, list(self.sizes.values()))), buf)
         return {n: _flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in ps])
                 for n, ps in self.module_params().items()}
 
@@ -126,16 +131,22 @@ class Adapter(abc.ABC):
         if flat_path.use_flat(flat) and len(dtypes) == 1:
             check_names_and_sizes({n: v.shape[-1] for n, v in flat.items()}, self.sizes, "grads")
             dtype = dtypes.pop()
-            buf = torch.cat([flat[n].reshape(-1).to(dtype) for n in params])
+            whole = getattr(flat, "whole", None)  # a flat_path.Packed: copy its buffer at once
+            if whole is not None and whole.dim() == 1 and tuple(flat) == tuple(params):
+                buf = whole.to(dtype, copy=True)
+            else:
+                buf = torch.cat([flat[n].reshape(-1).to(dtype) for n in params])
             parts = torch.split(buf, [p.numel() for ps in params.values() for p in ps])
             for p, part in zip((p for ps in params.values() for p in ps), parts):
                 p.grad = part.view(p.shape)
+            self._grad_buf = (buf, tuple(p.grad for ps in params.values() for p in ps))
             return
         for n, ps in params.items():
             for p, part in zip(ps, _split(flat[n], ps)):
                 p.grad = part.to(p.dtype, copy=True)
 
     def zero_grad(self) -> None:
+        self._grad_buf = (None, ())
         for p in self.parameters():
             p.grad = None
 

@@ -47,22 +47,32 @@ def test_auto_is_cuda_only_and_the_setting_forces_it(monkeypatch):
     assert flat.use_flat(_grads()) and not flat.use_flat({})
 
 
-def test_segments_sum_expand_and_split_are_per_module():
+@pytest.mark.parametrize("groups", [16, 1])  # equal-size blocks / segment_reduce
+def test_segments_sum_expand_and_split_are_per_module(monkeypatch, groups):
+    monkeypatch.setattr(flat, "MAX_SIZE_GROUPS", groups)
     x = _grads((2, 3), zero=None)
+    x["e"] = torch.randn(2, 3, 5)  # two modules of size 5, apart: the blocks must not mix them up
     seg = flat.segments(x)
     X = seg.cat(x)
-    assert X.shape == (2, 3, sum(SIZES.values()))
+    assert X.shape == (2, 3, sum(v.shape[-1] for v in x.values()))
     torch.testing.assert_close(seg.sums(X), torch.stack([v.sum(-1) for v in x.values()], -1))
-    per = torch.arange(len(SIZES), dtype=torch.float32)
-    assert seg.expand(per).tolist() == [float(i) for i, s in enumerate(SIZES.values())
-                                        for _ in range(s)]
-    assert all(torch.equal(seg.split(X)[n], x[n]) for n in SIZES)
+    per = torch.arange(len(x), dtype=torch.float32)
+    assert seg.expand(per).tolist() == [float(i) for i, v in enumerate(x.values())
+                                        for _ in range(v.shape[-1])]
+    assert all(torch.equal(seg.split(X)[n], x[n]) for n in x)
 
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_cosines_agree(monkeypatch, k):
     grads, V = _grads(), random_directions(SIZES, k, seed=1)
     dirs = random_unit_directions(SIZES, 7, seed=2)
+    monkeypatch.setattr(flat, "FLAT_OPS", True)
+    packed = flat.pack(V)  # k = 3 leaves a module of size 1 with 1 row: not packable, unchanged
+    assert (getattr(packed, "whole", None) is None) == (k == 3)
+    for fn in (lambda: norm_weighted_cos(grads, packed), lambda: per_module_cos(grads, packed),
+               lambda: module_hackward_cos({n: g[0] for n, g in grads.items()}, packed)):
+        ref, got = _both(monkeypatch, fn)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
     for fn in (lambda: norm_weighted_cos(grads, V), lambda: module_dots(grads, V),
                lambda: module_sq_norms(grads), lambda: per_module_cos(grads, V),
                lambda: norm_weighted_cos_many(grads, dirs)):
