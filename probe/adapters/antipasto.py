@@ -95,6 +95,7 @@ class _SVDBranch(nn.Module):
         self.fused: bool | None = None  # None: fused_svd's default (on for CUDA training)
         self._zero_key: tuple[int, int] | None = None  # δS (version, storage) when _zero was read
         self._zero = True
+        self.siblings: list[_SVDBranch] | None = None  # the adapter's branches, set by it
 
     @property
     def rank(self) -> int:
@@ -107,12 +108,16 @@ class _SVDBranch(nn.Module):
             s = s + self.probe.view(self.probe.shape[0], *([1] * (h.dim() - 2)), -1)
         return (h * s.to(h.dtype)) @ self.U.T
 
+    def zero_key(self) -> tuple[int, int]:
+        """Changes whenever δS may have (its version counter moves on every in-place update)."""
+        return self.delta_s._version, self.delta_s.data_ptr()
+
     def ds_is_zero(self) -> bool:
-        """Is δS exactly zero? One host read per change of δS (its version counter moves on every
-        in-place update), not one per forward."""
-        key = (self.delta_s._version, self.delta_s.data_ptr())
-        if key != self._zero_key:
-            self._zero, self._zero_key = not bool(self.delta_s.detach().any()), key
+        """Is δS exactly zero? Read once per change of δS, not once per forward; with `siblings`
+        (the adapter's other branches) every changed branch is read in the same host sync, so the
+        first forward after an optimizer step costs one sync, not one per module."""
+        if self.zero_key() != self._zero_key:
+            refresh_zero_flags(self.siblings or [self])
         return self._zero
 
     def add_to(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
@@ -127,6 +132,17 @@ class _SVDBranch(nn.Module):
             return fused_delta_(output, x, self.U, self.Vh, self.delta_s, self.probe,
                                 self.ds_is_zero())
         return output + self.delta(x)
+
+
+def refresh_zero_flags(branches: list[_SVDBranch]) -> None:
+    """Re-read `ds_is_zero` for every branch whose δS changed since it was last read, in one
+    host sync (max |δS| of each: exactly 0 only when every entry is, NaN never counts as 0)."""
+    stale = [b for b in branches if b.zero_key() != b._zero_key]
+    if not stale:
+        return
+    peaks = torch._foreach_norm([b.delta_s.detach() for b in stale], float("inf"))
+    for b, peak in zip(stale, torch.stack(peaks).tolist()):
+        b._zero, b._zero_key = peak == 0, b.zero_key()
 
 
 class AntipastoAdapter(Adapter):
@@ -150,6 +166,9 @@ class AntipastoAdapter(Adapter):
                 self._handles.append(mod.register_forward_hook(self._hook(branch)))
         if not self.branches:
             raise ValueError(f"no Linear modules named {self.config.targets} in the model")
+        siblings = list(self.branches.values())
+        for branch in siblings:
+            branch.siblings = siblings
         log.info("δS adapter: %d modules, Σr = %d (SVD cache: %d hits, %d misses so far)",
                  len(self.branches), self.total_rank, SVD_CACHE.hits, SVD_CACHE.misses)
 

@@ -87,3 +87,23 @@ def test_zero_check_follows_in_place_updates():
     with torch.no_grad():
         br.delta_s.zero_()
     assert br.ds_is_zero()
+
+
+def test_zero_checks_of_all_changed_branches_are_read_together(monkeypatch):
+    """After an optimizer step every branch's δS changed: the first forward reads all of their
+    zero flags in one host sync (one `tolist`), not one per module, and each flag is right."""
+    adapter = AntipastoAdapter(make_tiny_qwen3(seed=0))
+    branches = list(adapter.branches.values())
+    assert all(b.ds_is_zero() for b in branches)
+    with torch.no_grad():
+        branches[0].delta_s[0] = 1e-30  # nonzero, however small
+        branches[1].delta_s[0] = float("nan")  # never counts as zero
+        for b in branches[3:]:
+            b.delta_s.add_(0.5)
+        branches[2].delta_s.zero_()  # changed, still zero
+    reads = []
+    real = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.numel()) or real(t))
+    flags = [b.ds_is_zero() for b in branches]
+    assert reads == [len(branches)]
+    assert flags == [False, False, True] + [False] * (len(branches) - 3)
