@@ -41,9 +41,39 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+AUTO = "auto"  # a batch knob's value that sizes it from free memory (probe.memory)
+
+
+def auto_cap(cap: int) -> dict[str, int]:
+    """Field metadata of a batch knob that may be "auto": the most it ever resolves to."""
+    return {"auto_cap": cap}
+
+
+def as_keyed(obj: Any) -> Any:
+    """`obj` as it keys artifacts: an "auto" batch knob counts as its cap, which is what it
+    resolves to wherever memory does not bind (the embedded world, a small model on a GPU) and
+    what the knob's fixed default was, so those runs keep their keys and cached artifacts. A
+    memory-bound machine's smaller batch changes sampled tokens, not their distribution: pin an
+    int where runs must be bit-identical across machines."""
+    if isinstance(obj, dict):
+        return {k: as_keyed(v) for k, v in obj.items()}
+    if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
+        return obj
+    changes = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, str) and v == AUTO and "auto_cap" in f.metadata:
+            changes[f.name] = f.metadata["auto_cap"]
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            keyed = as_keyed(v)
+            if keyed is not v:
+                changes[f.name] = keyed
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
 def config_hash(*parts: Any, length: int = 12) -> str:
     """A stable hash of configs (dataclasses/dicts): the cache key of what they produce."""
-    blob = json.dumps([to_jsonable(p) for p in parts], sort_keys=True, default=str)
+    blob = json.dumps([to_jsonable(as_keyed(p)) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Mapping
 import dacite
 
 from probe.arms import GRPO_ARMS, REPLAY_ARMS, arm_names
+from probe.artifacts import AUTO
 from probe.compute import FUSED_SETTINGS, ComputeConfig
 from probe.env.prompts import HINTS
 from probe.adapters.lora import INITS as LORA_INITS
@@ -95,18 +96,28 @@ def _non_empty(v: Any) -> str | None:
     return None if len(v) else "must not be empty"
 
 
+def _batch(v: Any) -> str | None:
+    ok = v == AUTO or (type(v) is int and v > 0)
+    return None if ok else f"must be a positive integer or {AUTO!r}"
+
+
+# batch sizes: a positive int, or "auto" (sized from free memory, probe.memory)
+BATCH_KNOBS = ("pool.gen_batch_size", "vhack.batch_size", "replay.micro_batch",
+               "student_eval.gen_batch_size", "grpo.micro_batch", "grpo.gen_batch_size")
+
+
 RULES: dict[str, Callable[[Any], str | None]] = {
     **{k: _positive for k in (
-        "pool.steps", "pool.problems_per_step", "pool.group_size", "pool.gen_batch_size",
-        "pool.temperature", "pool.max_new_tokens", "vhack.k", "vhack.batch_size", "replay.lr",
-        "replay.max_grad_norm", "replay.micro_batch", "replay.rank", "student_eval.n_problems",
-        "student_eval.group_size", "student_eval.gen_batch_size", "grader.timeout_s",
+        "pool.steps", "pool.problems_per_step", "pool.group_size",
+        "pool.temperature", "pool.max_new_tokens", "vhack.k", "replay.lr",
+        "replay.max_grad_norm", "replay.rank", "student_eval.n_problems",
+        "student_eval.group_size", "grader.timeout_s",
         "grader.memory_mb", "grader.max_output_bytes", "world.max_new_tokens",
         "grpo.steps", "grpo.problems_per_step", "grpo.group_size", "grpo.max_new_tokens",
         "grpo.temperature", "grpo.lr", "grpo.max_grad_norm", "grpo.updates_per_batch",
         "grpo.epsilon", "grpo.epsilon_high", "grpo.is_cap", "grpo.luffy_gamma",
-        "grpo.refresh_every", "grpo.micro_batch", "grpo.gen_batch_size", "r6.rank", "r6.alpha",
-        "r6.replay_lr", "r6.grpo_lr")},
+        "grpo.refresh_every", "r6.rank", "r6.alpha", "r6.replay_lr", "r6.grpo_lr")},
+    **{k: _batch for k in BATCH_KNOBS},
     **{k: _non_negative for k in (
         "pool.base_reference_steps", "vhack.noise_floor", "replay.weight_decay",
         "replay.null_directions", "grader.workers", "grpo.weight_decay", "r6.drift_every")},

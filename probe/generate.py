@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from probe.memory import MAX_AUTO_BATCH, oom_names_knob, resolve_generation_batch
+
 log = logging.getLogger(__name__)
 
 COMPILE_ON_CUDA = False  # compile=None: the default on CUDA (CPU never compiles by default)
@@ -64,13 +66,15 @@ def stop_ids(model, tokenizer) -> set[int]:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, temperature: float = 0.7, top_p: float = 0.95,
-             max_new_tokens: int = 256, seed: int = 0, batch_size: int | None = 64,
+             max_new_tokens: int = 256, seed: int = 0, batch_size: int | str = 64,
              desc: str | None = None, compile: bool | None = None,
-             prompt_bucket: int = PROMPT_BUCKET) -> list[Sample]:
+             prompt_bucket: int = PROMPT_BUCKET, knob: str = "gen_batch_size",
+             cap: int = MAX_AUTO_BATCH) -> list[Sample]:
     """Sample one completion per prompt (greedy when temperature == 0).
 
-    `batch_size=None` sizes batches from free memory (probe.memory); `compile=None` compiles on
-    CUDA when `COMPILE_ON_CUDA` is set (see the module docstring)."""
+    `batch_size="auto"` sizes batches from free memory (probe.memory), at most `cap`; `knob` (the
+    config key it came from) is named when nothing fits or a batch runs out of memory.
+    `compile=None` compiles on CUDA when `COMPILE_ON_CUDA` is set (see the module docstring)."""
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad_token_id; set one before generating")
     eos_ids = stop_ids(model, tokenizer)
@@ -78,10 +82,9 @@ def generate(model, tokenizer, prompts: list[str], *, temperature: float = 0.7, 
     was_training = model.training
     model.eval()
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    if batch_size is None:
-        from probe.memory import generation_batch
-        batch_size = generation_batch(model, max(map(len, encoded), default=1) + max_new_tokens,
-                                      device)
+    batch_size = resolve_generation_batch(batch_size, model,
+                                          max(map(len, encoded), default=1) + max_new_tokens,
+                                          device, knob, cap)
     if compile is None:
         compile = COMPILE_ON_CUDA and torch.device(device).type == "cuda"
     fixed_width = -(-max(map(len, encoded), default=1) // prompt_bucket) * prompt_bucket \
@@ -109,9 +112,11 @@ def generate(model, tokenizer, prompts: list[str], *, temperature: float = 0.7, 
         if compile:
             sampling["cache_implementation"] = "static"
         t0 = time.perf_counter()
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=list(eos_ids), **sampling)
+        with oom_names_knob(knob, batch_size):
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=list(eos_ids),
+                                 **sampling)
         new = gen[:, width:].tolist()
         LAST_STATS.batch_seconds.append(time.perf_counter() - t0)
         LAST_STATS.shapes.append((len(rows), width))

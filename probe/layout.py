@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from probe.artifacts import config_hash, read_manifest, to_jsonable
+from probe.artifacts import as_keyed, config_hash, read_manifest, to_jsonable
 
 if TYPE_CHECKING:
     from probe.env.grader import GraderConfig
@@ -109,7 +109,9 @@ class GRPOPaths:
 
 def teacher_key(cfg: GRPOConfig) -> dict[str, Any]:
     """What the teacher rows depend on: a changed learning rate or arm list reuses them.
-    `seed_per_group` keys them only when set, so the default's keys predate the knob."""
+    `seed_per_group` keys them only when set, so the default's keys predate the knob; an "auto"
+    batch knob keys as its cap (`probe.artifacts.as_keyed`)."""
+    cfg = as_keyed(cfg)
     key = {k: getattr(cfg, k) for k in ("problems_per_step", "group_size", "teacher_frac",
                                         "split", "hint", "max_new_tokens", "temperature", "top_p",
                                         "steps", "gen_batch_size", "micro_batch")}
@@ -129,7 +131,7 @@ def grpo_paths(world_ident: dict[str, Any], vhack_key: str, cfg: GRPOConfig,
         grader = GraderConfig()
     base = Path(out_dir) / "probe_grpo"
     # none of these change an artifact
-    run_cfg = to_jsonable(replace(cfg, arms=(), seeds=(), tensorboard=True))
+    run_cfg = to_jsonable(as_keyed(replace(cfg, arms=(), seeds=(), tensorboard=True)))
     if not cfg.seed_per_group:  # the knob keys a run only when set: older run keys stay valid
         run_cfg.pop("seed_per_group")
     return GRPOPaths(base / config_hash(world_ident, vhack_key, run_cfg, grader),

@@ -1,11 +1,14 @@
 """Micro-batch sizes from the device's free memory, before any work starts.
 
 A stage that batches (generation, v_hack extraction, replay, GRPO) either takes the configured
-number or, for None ("auto"), the largest batch whose estimated memory fits in `FILL` of what the
-device has free now (CUDA: `torch.cuda.mem_get_info` plus PyTorch's cached-but-unused blocks;
-CPU: MemAvailable from /proc/meminfo). When not even one row fits, it fails at once with a message
-naming the config knob — not after minutes of work (issue #13: a 0.5B model's v_hack extraction
-on a 24 GiB CPU machine ran out of memory after ~4 minutes at the default batch size).
+number or, for "auto", the largest batch (up to the knob's cap: its old fixed default) whose
+estimated memory fits in `FILL` of what the device has free now (CUDA: `torch.cuda.mem_get_info`
+plus PyTorch's cached-but-unused blocks; CPU: MemAvailable from /proc/meminfo). When not even
+one row fits, it fails at once with a message naming the config knob — not after minutes of work
+(issue #13: a 0.5B model's v_hack extraction on a 24 GiB CPU machine ran out of memory after ~4
+minutes at the default batch size); an out-of-memory inside a batched pass names the knob too
+(`oom_names_knob`). Where memory does not bind, "auto" is exactly the cap, so results are those
+of the old fixed default (and key as it: `probe.artifacts.as_keyed`).
 
 The estimates are per token, from the model's config, calibrated on Qwen3-4B at B8 x T1024 in
 bf16 (81 GiB measured with the reference δS branch, ~63 GiB of it activations): conservative for
@@ -13,19 +16,24 @@ the fused branch, which keeps less.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
+
+from probe.artifacts import AUTO
 
 log = logging.getLogger(__name__)
 
 FILL = 0.8  # of the free memory a batch may plan to use (allocator fragmentation, temporaries)
 MAX_AUTO_BATCH = 64  # beyond this a bigger batch buys no throughput on one GPU
+CPU_OOM = ("DefaultCPUAllocator", "not enough memory")  # a CPU allocation failure's RuntimeError
 
 
 class MemoryBudgetError(RuntimeError):
-    """Not even one row fits; the message names the knob to change."""
+    """Not even one row fits, or a batched pass ran out of memory; the message names the knob."""
 
 
 @dataclass(frozen=True)
@@ -102,14 +110,18 @@ def pick_batch(per_row: int, free: int, knob: str, cap: int = MAX_AUTO_BATCH,
 
 
 def grad_micro_batch(model: torch.nn.Module, seq_len: int, device: str | torch.device,
-                     knob: str, free: int | None = None, cap: int = MAX_AUTO_BATCH) -> int:
-    """Rows per batched per-sample-gradient pass at `seq_len` tokens (prompt + completion)."""
+                     knob: str, free: int | None = None, cap: int = MAX_AUTO_BATCH,
+                     rows_per_item: int = 1) -> int:
+    """Items per batched per-sample-gradient pass, each `rows_per_item` rows (a v_hack pair is a
+    hack and a clean row) of `seq_len` tokens (prompt + completion)."""
     shape = model_shape(model)
-    per_row = shape.train_bytes_per_token() * seq_len
+    per_item = shape.train_bytes_per_token() * seq_len * rows_per_item
     free = free_bytes(device) if free is None else free
-    n = pick_batch(per_row, free, knob, cap, f"a {seq_len}-token row's backward")
-    log.info("%s = auto: %d rows (~%.2f GiB each at %d tokens, %.1f GiB free)", knob, n,
-             per_row / 2**30, seq_len, free / 2**30)
+    what = f"{rows_per_item} {seq_len}-token rows' backward" if rows_per_item > 1 \
+        else f"a {seq_len}-token row's backward"
+    n = pick_batch(per_item, free, knob, cap, what)
+    _report(knob, n, "%s = auto: %d (~%.2f GiB each at %d tokens, %.1f GiB free)", knob, n,
+            per_item / 2**30, seq_len, free / 2**30)
     return n
 
 
@@ -121,11 +133,74 @@ def generation_batch(model: torch.nn.Module, total_len: int, device: str | torch
     per_row = shape.generate_bytes_per_token() * total_len + shape.generate_bytes_per_row()
     free = free_bytes(device) if free is None else free
     n = pick_batch(per_row, free, knob, cap, f"a {total_len}-token sequence's KV cache")
-    log.info("%s = auto: %d sequences (~%.2f GiB each, %.1f GiB free)", knob, n,
-             per_row / 2**30, free / 2**30)
+    _report(knob, n, "%s = auto: %d sequences (~%.2f GiB each, %.1f GiB free)", knob, n,
+            per_row / 2**30, free / 2**30)
     return n
 
 
-def resolve(value: int | None, pick) -> int:
-    """A configured batch size, or `pick()` for None (auto)."""
-    return value if value is not None else pick()
+_LAST: dict[str, int] = {}  # knob -> the value last logged at INFO
+
+
+def _report(knob: str, n: int, msg: str, *args: object) -> None:
+    """INFO when a knob's resolved value is new or changed (a stage resolves once per step or
+    call), DEBUG otherwise."""
+    log.log(logging.INFO if _LAST.get(knob) != n else logging.DEBUG, msg, *args)
+    _LAST[knob] = n
+
+
+def check_batch(value: int | str, knob: str) -> None:
+    """A batch knob's value is a positive int or "auto"; anything else names the knob."""
+    if value != AUTO and (type(value) is not int or value < 1):
+        raise ValueError(f"{knob}: {value!r} is not a positive integer or {AUTO!r}")
+
+
+def number(value: int | str, knob: str) -> int:
+    """A batch size a pass can use: "auto" must have been resolved by its stage first."""
+    if type(value) is not int:
+        raise TypeError(f"{knob} = {value!r}: resolve it to a number first (probe.memory)")
+    return value
+
+
+def resolve_grad_batch(value: int | str, model: torch.nn.Module, seq_len: int,
+                       device: str | torch.device, knob: str, cap: int,
+                       rows_per_item: int = 1) -> int:
+    """`value` as given, or for "auto" the most items of `seq_len` tokens whose per-sample
+    backward fits the device's free memory now, at most `cap` (fails naming `knob` if none
+    does). A logprob-only pass uses it too: conservative, it keeps less."""
+    check_batch(value, knob)
+    if value != AUTO:
+        return int(value)
+    return grad_micro_batch(model, max(seq_len, 1), device, knob, cap=cap,
+                            rows_per_item=rows_per_item)
+
+
+def resolve_generation_batch(value: int | str, model: torch.nn.Module, total_len: int,
+                             device: str | torch.device, knob: str, cap: int) -> int:
+    """`value` as given, or for "auto" the most sequences growing to `total_len` tokens whose KV
+    cache fits the device's free memory now, at most `cap` (fails naming `knob` if none does)."""
+    check_batch(value, knob)
+    if value != AUTO:
+        return int(value)
+    return generation_batch(model, max(total_len, 1), device, knob, cap=cap)
+
+
+def is_oom(e: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and any(m in str(e) for m in CPU_OOM))
+
+
+@contextlib.contextmanager
+def oom_names_knob(knob: str, batch: int) -> Iterator[None]:
+    """An out-of-memory inside a batched pass becomes a MemoryBudgetError naming the knob and
+    the batch in use (the stages checkpoint per step: a rerun resumes where this one stopped)."""
+    try:
+        yield
+    except MemoryBudgetError:
+        raise
+    except RuntimeError as e:
+        if not is_oom(e):
+            raise
+        raise MemoryBudgetError(
+            f"out of memory at {knob} = {batch}: lower {knob}, or set it to {AUTO!r} to size it "
+            f"from the free memory ({type(e).__name__}: {str(e)[:200]})") from e

@@ -16,6 +16,7 @@ from probe.env.problems import Problem
 from probe.env.prompts import evaluator_name
 from probe.env.rates import ATTEMPT_LABELS, Rates
 from probe.generate import generate
+from probe.memory import MAX_AUTO_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,17 @@ def grade_row(problem: Problem, sample: Any, grade: Any, **extra: Any) -> dict[s
 
 def rollout(model: torch.nn.Module, world: Prompter, chosen: Sequence[Problem], hint: str | None,
             seed: int, grader: Any, *, temperature: float, top_p: float, max_new_tokens: int,
-            batch_size: int, desc: str, **extra: Any) -> list[dict[str, Any]]:
+            batch_size: int | str, desc: str, batch_knob: str = "gen_batch_size",
+            batch_cap: int = MAX_AUTO_BATCH, **extra: Any) -> list[dict[str, Any]]:
     """One sample per entry of `chosen` from `model` under `hint`, graded; `index` = position.
 
     `grader` is anything with `grade_many` (a `Grader`, or GRPO's `CachedGrader`). Without a hint
-    there is no evaluator to call: reward comes from ground truth only."""
+    there is no evaluator to call: reward comes from ground truth only. `batch_size` may be
+    "auto" (`probe.generate.generate`: at most `batch_cap`, `batch_knob` named on failure)."""
     prompts = [world.render(p, hint) for p in chosen]
     samples = generate(model, world.tokenizer, prompts, temperature=temperature, top_p=top_p,
-                       max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, desc=desc)
+                       max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, desc=desc,
+                       knob=batch_knob, cap=batch_cap)
     grades = grader.grade_many([(p, s.completion, evaluator_name(hint, p.id))
                                 for p, s in zip(chosen, samples)])
     return [grade_row(p, s, g, index=i, **extra)
@@ -76,12 +80,14 @@ def rollout(model: torch.nn.Module, world: Prompter, chosen: Sequence[Problem], 
 
 def sample_and_grade(model: torch.nn.Module, world: Prompter, problems: Sequence[Problem],
                      hint: str | None, group: int, seed: int, grader: Any, *, temperature: float,
-                     top_p: float, max_new_tokens: int, batch_size: int, desc: str, **extra: Any
-                     ) -> list[dict[str, Any]]:
+                     top_p: float, max_new_tokens: int, batch_size: int | str, desc: str,
+                     batch_knob: str = "gen_batch_size", batch_cap: int = MAX_AUTO_BATCH,
+                     **extra: Any) -> list[dict[str, Any]]:
     """G samples per problem from `model`, graded; rows in (problem, sample) order."""
     return rollout(model, world, grouped(problems, group), hint, seed, grader,
                    temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                   batch_size=batch_size, desc=desc, **extra)
+                   batch_size=batch_size, desc=desc, batch_knob=batch_knob, batch_cap=batch_cap,
+                   **extra)
 
 
 def measure(model: torch.nn.Module, world: Prompter, problems: Sequence[Problem],

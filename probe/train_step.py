@@ -16,11 +16,12 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from probe import flat
 from probe.adapters.base import Adapter, AdapterStateError, check_names_and_sizes
 from probe.batch import TokenBatch, collate
 from probe.cosine import norm_weighted_cos
 from probe.grads import PerSampleGrads, TokenLoss, per_sample_grads
-from probe import flat
+from probe.memory import number, oom_names_knob
 from probe.project import module_hackward_cos, project_adapter_grads_, project_grads
 from probe.rl.distributed import all_reduce_sum_, shard
 
@@ -110,22 +111,26 @@ def summed_grads(adapter: Adapter, rows: Sequence[dict[str, Any]], pad: int, dev
                  micro_batch: int, token_loss_for: TokenLossFor | None = None,
                  directions: dict[str, dict[str, torch.Tensor]] | None = None,
                  on_micro_batch: Callable[[MicroBatch], None] | None = None,
-                 index: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+                 index: Sequence[int] | None = None, knob: str = "micro_batch"
+                 ) -> dict[str, torch.Tensor]:
     """Σ over `rows` of every row's flat per-sample gradient (float32), one batched backward per
     micro-batch; each micro-batch, with its rows' cosines against every direction in
-    `directions`, is handed to `on_micro_batch`."""
+    `directions`, is handed to `on_micro_batch`. `micro_batch` is a number (the stage resolves
+    "auto", probe.memory); running out of memory names `knob`."""
+    micro_batch = number(micro_batch, knob)
     index = list(range(len(rows))) if index is None else list(index)
     summed = flat.zeros(adapter.sizes, adapter.device)
-    for i in range(0, len(rows), micro_batch):
-        part, idx = rows[i:i + micro_batch], index[i:i + micro_batch]
-        batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part],
-                        pad).to(device)
-        token_loss = token_loss_for(part, idx, batch) if token_loss_for is not None else None
-        psg = per_sample_grads(adapter, batch, token_loss=token_loss)
-        add_row_sums_(summed, psg.grads)
-        if on_micro_batch is not None:
-            cos = {k: norm_weighted_cos(psg.grads, v) for k, v in (directions or {}).items()}
-            on_micro_batch(MicroBatch(part, idx, batch, psg, cos))
+    with oom_names_knob(knob, micro_batch):
+        for i in range(0, len(rows), micro_batch):
+            part, idx = rows[i:i + micro_batch], index[i:i + micro_batch]
+            batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part],
+                            pad).to(device)
+            token_loss = token_loss_for(part, idx, batch) if token_loss_for is not None else None
+            psg = per_sample_grads(adapter, batch, token_loss=token_loss)
+            add_row_sums_(summed, psg.grads)
+            if on_micro_batch is not None:
+                cos = {k: norm_weighted_cos(psg.grads, v) for k, v in (directions or {}).items()}
+                on_micro_batch(MicroBatch(part, idx, batch, psg, cos))
     return summed
 
 
@@ -184,8 +189,8 @@ def train_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: Sequence[dict
                directions: dict[str, dict[str, torch.Tensor]] | None = None,
                on_micro_batch: Callable[[MicroBatch], None] | None = None,
                projection: Projection | None = None, max_grad_norm: float | None = None,
-               distributed: bool = False, track: dict[str, torch.Tensor] | None = None
-               ) -> StepReport:
+               distributed: bool = False, track: dict[str, torch.Tensor] | None = None,
+               knob: str = "micro_batch") -> StepReport:
     """One optimizer step on `rows`. `reduce`: the step's gradient is the mean of the rows'
     gradients (a mean loss, the NLL replay) or their sum (a loss with a constant normaliser,
     Dr.GRPO). With `distributed`, this rank takes its share of the rows (`probe.rl.distributed`)
@@ -206,7 +211,7 @@ def train_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: Sequence[dict
             projection = dataclasses.replace(projection, V=pack(projection.V))
     mine, idx = shard(rows) if distributed else (list(rows), list(range(len(rows))))
     summed = summed_grads(adapter, mine, pad, device, micro_batch, token_loss_for, directions,
-                          on_micro_batch, idx)
+                          on_micro_batch, idx, knob)
     if distributed:
         all_reduce_sum_(summed)
     grad = summed if reduce == "sum" else flat.div(summed, len(rows))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,16 +28,22 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from probe.adapters.base import Adapter, check_names_and_sizes, read_safetensors
+from probe.artifacts import AUTO, auto_cap
 from probe.batch import TokenBatch, collate
 from probe.encoding import encode_completion, encode_prompt, pad_id
 from probe.grads import per_sample_grads
 from probe.io import atomic_path
+from probe.memory import oom_names_knob, resolve_grad_batch
 from probe.project import check_orthonormal
 from probe.world.base import Pair
 
 log = logging.getLogger(__name__)
 FORMAT = "probe.v_hack.v1"
 KINDS = ("nll", "random", "shuffled")
+# "auto" batch_size never exceeds the old fixed default: where memory does not bind (the embedded
+# world) pair gradients are batched, and so rounded, as they always were
+BATCH_CAP = 16
+BATCH_KNOB = "vhack.batch_size"  # named when no pair fits or a batch runs out of memory
 
 
 class VHackMismatchError(ValueError):
@@ -48,7 +54,8 @@ class VHackMismatchError(ValueError):
 class VHackConfig:
     k: int = 1  # directions per module: 1 = normalised mean difference; >1 = top-k SVD axes
     noise_floor: float = 0.0  # top-k: drop axes whose singular value < floor × the module's largest
-    batch_size: int = 16  # pairs per batched backward
+    # pairs per batched backward (2 rows each); "auto": as many as fit free memory (probe.memory)
+    batch_size: int | str = field(default=AUTO, metadata=auto_cap(BATCH_CAP))
     seed: int = 0  # controls (random V, shuffled labels)
     # the shuffled control: "orthogonal" = balanced label flips, then Gram-Schmidt against v_hack
     # per module; "balanced" = the flips alone (with few pairs it can align strongly with v_hack)
@@ -66,23 +73,29 @@ def nll_pair_grads(adapter: Adapter, batch: TokenBatch, n: int) -> dict[str, tor
     return {name: g[:n] - g[n:] for name, g in grads.items()}
 
 
-def pair_grad_diffs(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], batch_size: int = 16,
-                    desc: str = "v_hack pairs", pair_grads: PairGrads = nll_pair_grads
-                    ) -> dict[str, torch.Tensor]:
-    """Per module, (P, size): each pair's flat gradient difference (by default the mean-NLL one)."""
+def pair_grad_diffs(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair],
+                    batch_size: int | str = AUTO, desc: str = "v_hack pairs",
+                    pair_grads: PairGrads = nll_pair_grads) -> dict[str, torch.Tensor]:
+    """Per module, (P, size): each pair's flat gradient difference (by default the mean-NLL one).
+    `batch_size` (vhack.batch_size): pairs per backward; "auto" sizes it from free memory at the
+    longest pair, before the first backward (at most BATCH_CAP)."""
     if not pairs:
         raise ValueError("no contrastive pairs to extract v_hack from")
     pid = pad_id(tokenizer)
     chunks: dict[str, list[torch.Tensor]] = {}
     device = adapter.device
-    for i in tqdm(range(0, len(pairs), batch_size), desc=desc, leave=False):
-        part = pairs[i:i + batch_size]
-        prompts = [encode_prompt(tokenizer, p.prompt) for p in part]
-        comps = [encode_completion(tokenizer, p.hack) for p in part] + \
-                [encode_completion(tokenizer, p.clean) for p in part]
-        batch = collate(prompts + prompts, comps, pid).to(device)
-        for name, d in pair_grads(adapter, batch, len(part)).items():
-            chunks.setdefault(name, []).append(d.cpu())
+    prompts = [encode_prompt(tokenizer, p.prompt) for p in pairs]
+    hacks = [encode_completion(tokenizer, p.hack) for p in pairs]
+    cleans = [encode_completion(tokenizer, p.clean) for p in pairs]
+    longest = max(len(p) + max(len(h), len(c)) for p, h, c in zip(prompts, hacks, cleans))
+    batch_size = resolve_grad_batch(batch_size, adapter.model, longest, device, BATCH_KNOB,
+                                    BATCH_CAP, rows_per_item=2)
+    with oom_names_knob(BATCH_KNOB, batch_size):
+        for i in tqdm(range(0, len(pairs), batch_size), desc=desc, leave=False):
+            part = slice(i, i + batch_size)
+            batch = collate(prompts[part] * 2, hacks[part] + cleans[part], pid).to(device)
+            for name, d in pair_grads(adapter, batch, len(prompts[part])).items():
+                chunks.setdefault(name, []).append(d.cpu())
     return {n: torch.cat(c) for n, c in chunks.items()}
 
 

@@ -1,11 +1,17 @@
 """`GRPOConfig`: every knob of the R5 trajectory probe, each with the reason for its default."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from probe.arms import arm_names
+from probe.artifacts import AUTO, auto_cap
 
 CORRECTIONS = ("student_old", "truncated_is", "luffy")
+# "auto" batch knobs never exceed the old fixed defaults: where memory does not bind (the embedded
+# world) sampled tokens are what they always were, and gradients batch as they did
+MICRO_BATCH_CAP = 32
+GEN_BATCH_CAP = 64
+MICRO_BATCH_KNOB = "grpo.micro_batch"  # named by a memory failure in its passes
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,10 @@ class GRPOConfig:
     luffy_gamma: float = 0.1
     projection: str = "one_sided"
     refresh_every: int = 2  # the refreshed arm re-extracts v_hack from the student every k steps
-    micro_batch: int = 32
-    gen_batch_size: int = 64
+    # rows per batched backward / log-prob pass; "auto": as many as fit free memory (probe.memory)
+    micro_batch: int | str = field(default=AUTO, metadata=auto_cap(MICRO_BATCH_CAP))
+    # sequences per generate call; "auto": as many as fit free memory
+    gen_batch_size: int | str = field(default=AUTO, metadata=auto_cap(GEN_BATCH_CAP))
     # Sample (and grade) each group under its own seed, one generate call per group, instead of
     # one seed per step's batch: a group's rows then do not depend on which rank or batch it was
     # sampled with, so N data-parallel ranks give the rows of one process (probe/rl/distributed.py).

@@ -7,15 +7,18 @@ student. Each row keeps the log-probs its sampling policy gave its tokens, taken
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
 
+from probe.artifacts import AUTO
 from probe.batch import collate
-from probe.encoding import pad_id
+from probe.encoding import encode_prompt, pad_id
 from probe.env.grader import Grader
 from probe.env.problems import Problem
-from probe.rl.config import GRPOConfig
+from probe.memory import number, oom_names_knob, resolve_grad_batch
+from probe.rl.config import GEN_BATCH_CAP, MICRO_BATCH_CAP, MICRO_BATCH_KNOB, GRPOConfig
 from probe.rl.distributed import gather_in_order, rank_and_size, shard
 from probe.rl.dr_grpo import completion_logprobs
 from probe.rollout import sample_and_grade
@@ -39,21 +42,39 @@ def sampling_kw(world: World, cfg: GRPOConfig) -> dict[str, Any]:
     return dict(temperature=cfg.temperature if cfg.temperature is not None else s.temperature,
                 top_p=cfg.top_p if cfg.top_p is not None else s.top_p,
                 max_new_tokens=cfg.max_new_tokens or s.max_new_tokens,
-                batch_size=cfg.gen_batch_size)
+                batch_size=cfg.gen_batch_size, batch_knob="grpo.gen_batch_size",
+                batch_cap=GEN_BATCH_CAP)
 
 
 @torch.no_grad()
 def add_logprobs(model: torch.nn.Module, world: World, rows: list[dict[str, Any]], key: str,
                  micro_batch: int) -> None:
-    """rows[i][key] = log π_model of each completion token (teacher-forced, temperature 1)."""
+    """rows[i][key] = log π_model of each completion token (teacher-forced, temperature 1).
+    `micro_batch`: grpo.micro_batch, resolved (`sized`)."""
     pad = pad_id(world.tokenizer)
     device = next(model.parameters()).device
-    for i in range(0, len(rows), micro_batch):
-        part = rows[i:i + micro_batch]
-        batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part],
-                        pad).to(device)
-        for r, lp in zip(part, completion_logprobs(model, batch)):
-            r[key] = lp
+    micro_batch = number(micro_batch, MICRO_BATCH_KNOB)
+    with oom_names_knob(MICRO_BATCH_KNOB, micro_batch):
+        for i in range(0, len(rows), micro_batch):
+            part = rows[i:i + micro_batch]
+            batch = collate([r["prompt_ids"] for r in part], [r["completion_ids"] for r in part],
+                            pad).to(device)
+            for r, lp in zip(part, completion_logprobs(model, batch)):
+                r[key] = lp
+
+
+def sized(cfg: GRPOConfig, model: torch.nn.Module, world: World, problems: Sequence[Problem],
+          device: str) -> GRPOConfig:
+    """`cfg` with "auto" micro_batch resolved for `model` on `device` at the longest row these
+    problems can make (prompt + max_new_tokens): before any sampling, so a batch that cannot fit
+    fails at once, not after a step's generation."""
+    if cfg.micro_batch != AUTO:
+        return cfg
+    longest = max((len(encode_prompt(world.tokenizer, world.render(p, cfg.hint)))
+                   for p in problems), default=1)
+    seq_len = longest + (cfg.max_new_tokens or world.sampling.max_new_tokens)
+    return replace(cfg, micro_batch=resolve_grad_batch(cfg.micro_batch, model, seq_len, device,
+                                                       MICRO_BATCH_KNOB, MICRO_BATCH_CAP))
 
 
 class CachedGrader:

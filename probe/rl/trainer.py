@@ -19,7 +19,7 @@ from probe.batch import TokenBatch
 from probe.arms import Arm
 
 TRACKED = "current"  # V's key of a direction measured against, never projected (R6's drift)
-from probe.rl.config import GRPOConfig
+from probe.rl.config import MICRO_BATCH_KNOB, GRPOConfig
 from probe.rl.distributed import all_reduce_sum_, gather_in_order, gather_objects
 from probe.rl.dr_grpo import (RatioStats, SurrogateInputs, clip_fraction, group_advantages,
                               scatter_tokens, surrogate)
@@ -104,7 +104,7 @@ def surrogate_grads(adapter: Adapter, rows: Sequence[dict[str, Any]], adv: Seque
     `grpo_update_step`, for tests of the loss."""
     sp = _SurrogatePass(adapter, adv, cfg, normaliser)
     total = summed_grads(adapter, rows, pad, device, cfg.micro_batch, sp.token_loss_for, V,
-                         sp.on_micro_batch)
+                         sp.on_micro_batch, knob=MICRO_BATCH_KNOB)
     return total, sp.teacher, sp.records, sp.stats
 
 
@@ -126,7 +126,7 @@ def grpo_update_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: list[di
                          v_hack=V["nll"], reduce="sum", token_loss_for=sp.token_loss_for,
                          directions=V if u == 0 else None, on_micro_batch=sp.on_micro_batch,
                          projection=projection, max_grad_norm=cfg.max_grad_norm,
-                         distributed=True, track=V.get(TRACKED))
+                         distributed=True, track=V.get(TRACKED), knob=MICRO_BATCH_KNOB)
         records = sp.gather(len(rows), records=u == 0) or records
         info: dict[str, Any] = {
             "update": u, "ratio": sp.stats.summary(), "grad_norm_in": rep.grad_norm_in,

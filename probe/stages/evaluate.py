@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from probe.artifacts import write_rows
+from probe.artifacts import AUTO, auto_cap, write_rows
 from probe.env.grader import Grader, GraderConfig
 from probe.env.rates import rates
 from probe.rollout import sample_and_grade
@@ -28,6 +28,7 @@ from probe.world.base import World
 log = logging.getLogger(__name__)
 
 MIN_GROUP = 8  # samples per problem at least (the previous fixed default)
+GEN_BATCH_CAP = 64  # "auto" never exceeds the old fixed default: unbound memory samples as before
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class EvalConfig:
     group_size: int | None = None  # None: chosen by `min_effect` / `power` (>= MIN_GROUP)
     hint: str = "simple_overwrite_tests"
     seed: int = 7
-    gen_batch_size: int = 64
+    # sequences per generate call; "auto": as many as fit the device's free memory (probe.memory)
+    gen_batch_size: int | str = field(default=AUTO, metadata=auto_cap(GEN_BATCH_CAP))
     min_effect: float = 0.20  # hack-rate difference the evaluation must detect (spec T5: 20pp)
     power: float = 0.8
     alpha: float = 0.05  # one-sided, as the behaviour checks' Fisher tests
@@ -73,6 +75,7 @@ def evaluate_policy(model: torch.nn.Module, world: World, cfg: EvalConfig,
         rows = sample_and_grade(model, world, problems, cfg.hint, group, cfg.seed, grader,
                                 temperature=samp.temperature, top_p=samp.top_p,
                                 max_new_tokens=samp.max_new_tokens, batch_size=cfg.gen_batch_size,
+                                batch_knob="student_eval.gen_batch_size", batch_cap=GEN_BATCH_CAP,
                                 desc="student eval")
     if rows_path is not None:
         write_rows(Path(rows_path), rows)

@@ -29,10 +29,10 @@ from probe.env.grader import Grader, GraderConfig
 from probe.env.rates import rates
 from probe.io import atomic_path
 from probe.layout import GRPOPaths, grpo_paths, teacher_key  # noqa: F401  (re-exported)
-from probe.rl.config import GRPOConfig
+from probe.rl.config import MICRO_BATCH_KNOB, GRPOConfig
 from probe.rl.distributed import acquire_collectively, barrier, gather_objects, is_writer, shard
 from probe.rl.rollout import (GROUP_FIELDS, CachedGrader, add_logprobs, group_stats, policy_rows,
-                              step_problems)
+                              sized, step_problems)
 from probe.rl.tracker import StepTracker
 from probe.rl.trainer import TRACKED, grpo_update_step
 from probe.train_step import checkpoint_params, saved_params, total_norm
@@ -62,11 +62,15 @@ def ensure_teacher_rows(world: World, cfg: GRPOConfig, paths: GRPOPaths, seed: i
     problems = world.problems(cfg.split)
     if todo and n_rows:
         teacher = world.load_teacher(device)
+        step_cfg = sized(cfg, teacher, world, [p for s in todo
+                                               for p in step_problems(problems, cfg, seed, s)],
+                         device)  # before any sampling: a batch that cannot fit fails at once
         with Grader(grader_config) as raw_grader:
             grader = CachedGrader(raw_grader, grader_config)
             for s in todo:
                 rows = policy_rows(teacher, world, step_problems(problems, cfg, seed, s),
-                                   cfg.n_teacher, "teacher", cfg, seed * 1_000_003 + s, s, grader)
+                                   cfg.n_teacher, "teacher", step_cfg, seed * 1_000_003 + s, s,
+                                   grader)
                 if is_writer():  # every rank holds every row; rank 0 writes them
                     write_rows(step_path(stage, s), rows)
         del teacher
@@ -164,6 +168,9 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed
              if arm.refresh or drift_every else [])
     pad = pad_id(world.tokenizer)
     problems = world.problems(cfg.split)
+    step_cfg = sized(cfg, model, world, [p for s in range(start, cfg.steps)
+                                         for p in step_problems(problems, cfg, seed, s)],
+                     device)  # before any sampling: a batch that cannot fit fails at once
     norm = normaliser(world, cfg)
     writer = is_writer()  # under torch.distributed every rank trains, rank 0 writes
     with Grader(grader_config) as raw_grader:
@@ -179,16 +186,17 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed
             t_step = time.perf_counter()
             teacher_rows = read_rows(step_path(paths.teacher(seed), s))
             student_rows = policy_rows(model, world, step_problems(problems, cfg, seed, s),
-                                       cfg.n_student, "student", cfg, seed * 1_000_003 + 500_009 + s,
-                                       s, grader)
+                                       cfg.n_student, "student", step_cfg,
+                                       seed * 1_000_003 + 500_009 + s, s, grader)
             rows = teacher_rows + student_rows
             for i, r in enumerate(rows):
                 r["index"] = i
             t_rows = time.perf_counter()
             # π_old: the student now, on the rows this rank's share of the step will train on
-            add_logprobs(model, world, shard(rows)[0], "old_logp", cfg.micro_batch)
+            add_logprobs(model, world, shard(rows)[0], "old_logp", step_cfg.micro_batch)
             t_old = time.perf_counter()
-            records, summary = grpo_update_step(adapter, opt, rows, V, arm, cfg, pad, device, norm)
+            records, summary = grpo_update_step(adapter, opt, rows, V, arm, step_cfg, pad, device,
+                                                norm)
             summary["seconds"] = {"student_rows": t_rows - t_step, "old_logp": t_old - t_rows,
                                   "updates": time.perf_counter() - t_old}
             cache = gather_objects((grader.hits, grader.misses))  # per process: summed over ranks
@@ -213,6 +221,7 @@ def run_grpo_arm(world: World, cfg: GRPOConfig, paths: GRPOPaths, arm: Arm, seed
     manifest = provenance(cfg, seed=seed, arm=arm.name, arm_spec=arm, world=world.name,
                           model_id=world.model_id, n_steps=cfg.steps, steps=summaries,
                           normaliser=norm, seconds=time.perf_counter() - t0,
+                          resolved_batch={MICRO_BATCH_KNOB: step_cfg.micro_batch},
                           n_modules=len(adapter.module_names), total_rank=adapter.total_size)
     if writer:
         write_manifest(stage, manifest)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from probe.artifacts import (ArtifactError, provenance, read_manifest, read_rows, step_path,
-                             valid_step, write_manifest, write_rows)
+from probe.artifacts import (AUTO, ArtifactError, auto_cap, provenance, read_manifest,
+                             read_rows, step_path, valid_step, write_manifest, write_rows)
 from probe.env.grader import Grader, GraderConfig
 from probe.env.problems import Problem
 from probe.env.rates import rates
@@ -26,6 +26,9 @@ from probe.world.base import World
 log = logging.getLogger(__name__)
 
 PER_PROCESS = ("uids", "uid_value", "memory_cgroup", "memory_events")  # grader capabilities
+# "auto" gen_batch_size never exceeds the old fixed default: where memory does not bind (the
+# embedded world) every batch, and so every sampled token, is what it always was
+GEN_BATCH_CAP = 64
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,8 @@ class PoolConfig:
     top_p: float | None = None  # None: the world's default (upstream 0.95)
     max_new_tokens: int | None = None  # None: the world's default
     base_reference_steps: int = 2  # steps whose prompts the base is also sampled on (R1 sneaky fail)
-    gen_batch_size: int = 64
+    # sequences per generate call; "auto": as many as fit the device's free memory (probe.memory)
+    gen_batch_size: int | str = field(default=AUTO, metadata=auto_cap(GEN_BATCH_CAP))
     seed: int = 41
 
 
@@ -61,7 +65,8 @@ def run_teacher_pool(world: World, cfg: PoolConfig, stage_dir: Path, device: str
     kw = dict(temperature=cfg.temperature if cfg.temperature is not None else samp.temperature,
               top_p=cfg.top_p if cfg.top_p is not None else samp.top_p,
               max_new_tokens=cfg.max_new_tokens or samp.max_new_tokens,
-              batch_size=cfg.gen_batch_size)
+              batch_size=cfg.gen_batch_size, batch_knob="pool.gen_batch_size",
+              batch_cap=GEN_BATCH_CAP)
     n_rows = cfg.problems_per_step * cfg.group_size
     todo = [s for s in range(cfg.steps)
             if not valid_step(step_path(stage_dir, s), ROW_FIELDS, n_rows)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +22,14 @@ from tqdm.auto import tqdm
 from probe.adapters.base import Adapter, AdapterStateError
 from probe.adapters.registry import AdapterSpec, build_adapter
 from probe.arms import get_arm
-from probe.artifacts import (ArtifactError, provenance, read_rows, step_path, valid_step,
-                             write_manifest, write_rows)
+from probe.artifacts import (AUTO, ArtifactError, auto_cap, provenance, read_rows, step_path,
+                             valid_step, write_manifest, write_rows)
+from probe import flat
 from probe.cosine import norm_weighted_cos_many
 from probe.encoding import pad_id
 from probe.fidelity import grad_fidelity
 from probe.io import atomic_path
-from probe import flat
+from probe.memory import resolve_grad_batch
 from probe.train_step import (MicroBatch, Projection, checkpoint_params, saved_params,
                               total_norm, train_step)
 from probe.vhack import random_unit_directions
@@ -37,6 +38,10 @@ from probe.world.base import World
 log = logging.getLogger(__name__)
 
 BASE_KINDS = ("nll", "random", "shuffled")  # the columns above; any other V kind gets cos_<kind>
+# "auto" micro_batch never exceeds the old fixed default: where memory does not bind (the embedded
+# world) gradients are batched, and so rounded, as they always were
+MICRO_BATCH_CAP = 32
+MICRO_BATCH_KNOB = "replay.micro_batch"  # named by a memory failure in the replay's passes
 KEEP_FROM_POOL = ("problem_id", "step", "index", "label", "hacked", "hack_attempt", "gt_pass",
                   "reward", "prompt_len", "completion_len")
 
@@ -49,7 +54,8 @@ class ReplayConfig:
     lr: float = 3e-2
     weight_decay: float = 0.0  # δS is a shift of singular values: no reason to pull it to 0
     max_grad_norm: float | None = 1.0  # clipping after projection (as in training)
-    micro_batch: int = 32  # rows per batched backward (memory bound)
+    # rows per batched backward; "auto": as many as fit the device's free memory (probe.memory)
+    micro_batch: int | str = field(default=AUTO, metadata=auto_cap(MICRO_BATCH_CAP))
     projection: str = "one_sided"  # projected arm: one_sided | no_gate | reverse
     preserve_magnitude: bool = False
     rank: int | None = None  # δS rank: None = full rank
@@ -97,7 +103,8 @@ def replay_step(adapter: Adapter, opt: torch.optim.Optimizer, rows: list[dict[st
         V[project_kind], cfg.projection, cfg.preserve_magnitude, target="grad")
     rep = train_step(adapter, opt, rows, pad=pad, device=device, micro_batch=cfg.micro_batch,
                      v_hack=V["nll"], reduce="mean", directions=V, on_micro_batch=record,
-                     projection=projection, max_grad_norm=cfg.max_grad_norm)
+                     projection=projection, max_grad_norm=cfg.max_grad_norm,
+                     knob=MICRO_BATCH_KNOB)
     summary: dict[str, Any] = {"n_rows": len(rows), "grad_norm_in": rep.grad_norm_in,
                                "mean_loss": sum(r["loss"] for r in out_rows) / len(out_rows)}
     if projection is not None:
@@ -129,12 +136,14 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
     project_kind = get_arm("replay", arm).direction  # probe.arms: what the arm projects out
     stage_dir = Path(stage_dir)
     t0 = time.perf_counter()
+    model = world.load_base(device)
+    # before any gradient (the fidelity check's too): a batch that cannot fit fails at once
+    sized = replace(cfg, micro_batch=_micro_batch(cfg, model, pool_dir, n_steps, device))
     # R2's sneaky fail: are per-sample gradients at the run's dtype numbers or rounding noise?
     fidelity = grad_fidelity(world, read_rows(step_path(pool_dir, 0), ("prompt_ids",
                                                                         "completion_ids")),
                              pad_id(world.tokenizer), device, spec) \
         if arm == "vanilla" else None
-    model = world.load_base(device)
     adapter = build_adapter(model, spec)
     torch.manual_seed(cfg.seed)
     opt = torch.optim.AdamW(adapter.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -148,7 +157,7 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
         null_dirs = {n: t.to(device) for n, t in null_dirs.items()}
     for s in tqdm(range(start, n_steps), desc=f"{arm} replay", leave=False):
         rows = read_rows(step_path(pool_dir, s), ("prompt_ids", "completion_ids"))
-        out_rows, summary = replay_step(adapter, opt, rows, V, cfg, pad, project_kind, device,
+        out_rows, summary = replay_step(adapter, opt, rows, V, sized, pad, project_kind, device,
                                         null_dirs)
         summary["step"] = s
         summary["delta_s_norm"] = total_norm(adapter.flat_values())  # the adapter's, any kind
@@ -161,10 +170,22 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
                           n_steps=n_steps, steps=summaries, student_end=behaviour,
                           seconds=time.perf_counter() - t0, n_modules=len(adapter.module_names),
                           total_rank=adapter.total_size, fidelity=fidelity,
+                          resolved_batch={MICRO_BATCH_KNOB: sized.micro_batch},
                           dtype=str(next(model.parameters()).dtype))
     write_manifest(stage_dir, manifest)
     adapter.remove()
     return manifest
+
+
+def _micro_batch(cfg: ReplayConfig, model: torch.nn.Module, pool_dir: Path, n_steps: int,
+                 device: str) -> int:
+    """cfg.micro_batch, or for "auto" what fits at the pool's longest row (prompt + completion;
+    the pool is read for it only then)."""
+    longest = 0 if cfg.micro_batch != AUTO else max(
+        (len(r["prompt_ids"]) + len(r["completion_ids"]) for s in range(n_steps)
+         for r in read_rows(step_path(pool_dir, s), ("prompt_ids", "completion_ids"))), default=1)
+    return resolve_grad_batch(cfg.micro_batch, model, longest, device, MICRO_BATCH_KNOB,
+                              MICRO_BATCH_CAP)
 
 
 def _checkpoint(stage_dir: Path, adapter: Adapter, opt: torch.optim.Optimizer,

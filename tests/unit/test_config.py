@@ -100,6 +100,54 @@ def test_bad_key_type_or_value_names_key_and_source(tmp_path: Path, text: str, o
         load_config(_write(tmp_path, text), override)
 
 
+BATCH_KNOBS = ("pool.gen_batch_size", "vhack.batch_size", "replay.micro_batch",
+               "student_eval.gen_batch_size", "grpo.micro_batch", "grpo.gen_batch_size")
+
+
+@pytest.mark.parametrize("key", BATCH_KNOBS)
+def test_batch_sizes_are_auto_or_a_positive_int(tmp_path: Path, key: str) -> None:
+    """Issue #13: every batch knob defaults to "auto" (sized from free memory), takes a positive
+    int, and names itself for anything else, in a file or on the command line."""
+    section, leaf = key.split(".")
+    assert _get(load_config(), key) == "auto"
+    assert _get(load_config(_write(tmp_path, f"[{section}]\n{leaf} = 8\n")), key) == 8
+    assert _get(load_config(_write(tmp_path, f'[{section}]\n{leaf} = "auto"\n')), key) == "auto"
+    for bad, why in (("0", "0 must be a positive integer or 'auto'"),
+                     ("-1", "-1 must be a positive integer or 'auto'"),
+                     ('"big"', "'big' must be a positive integer or 'auto'"),
+                     ('"8"', "'8' must be a positive integer or 'auto'"),
+                     ("true", "expected int | str, got a boolean"),
+                     ("2.5", r"expected int \| str, got 2.5")):
+        with pytest.raises(ConfigError, match=rf"exp.toml: {key}: {why}"):
+            load_config(_write(tmp_path, f"[{section}]\n{leaf} = {bad}\n"))
+    with pytest.raises(ConfigError, match=rf"the command line \(--{key}\): {key}: 'big'"):
+        load_config(overrides={key: parse_value("big")})
+
+
+def test_batch_size_flags_take_auto_or_a_number(monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    import probe.cli as cli
+
+    seen = {}
+
+    def fake_setup(a):  # stop before any world is built: the resolved config is the point
+        seen["cfg"] = cli._config(a)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "_run", fake_setup)
+    for flag, want in (("8", 8), ("auto", "auto")):
+        with pytest.raises(SystemExit):
+            cli.main(["run", "--replay.micro_batch", flag, "--grpo.gen_batch_size", flag])
+        assert (seen["cfg"].replay.micro_batch, seen["cfg"].grpo.gen_batch_size) == (want, want)
+    assert cli.main(["run", "--replay.micro_batch", "0"]) == 2  # a usage error naming the key
+    assert "replay.micro_batch: 0 must be a positive integer or 'auto'" in capsys.readouterr().err
+
+
+def _get(cfg: ExperimentConfig, key: str):
+    section, leaf = key.split(".")
+    return getattr(getattr(cfg, section), leaf)
+
+
 def test_bad_toml_and_missing_file_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"exp.toml: not valid TOML"):
         load_config(_write(tmp_path, "[pool\nsteps = 3\n"))

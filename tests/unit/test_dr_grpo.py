@@ -150,7 +150,8 @@ def test_R5_gradient_invariant_to_micro_batch_padding_and_order(tiny_model, corr
 def test_R5_zero_advantage_rows_give_zero_gradient(tiny_model):
     adapter = AntipastoAdapter(tiny_model)
     rows = _rows(4)
-    total, teacher, _, _ = surrogate_grads(adapter, rows, [0.0] * 4, GRPOConfig(), PAD, "cpu", 10.0)
+    cfg = GRPOConfig(micro_batch=4)  # a pass takes a number: a stage resolves "auto" first
+    total, teacher, _, _ = surrogate_grads(adapter, rows, [0.0] * 4, cfg, PAD, "cpu", 10.0)
     assert all(float(g.abs().max()) == 0 for g in total.values())
 
 

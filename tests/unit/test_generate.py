@@ -90,5 +90,5 @@ def test_fixed_shape_path_pads_batches_and_keeps_order(base_and_prompts):
 
 def test_auto_batch_size_from_free_memory(base_and_prompts):
     world, model, prompts = base_and_prompts
-    a = generate(model, world.tokenizer, prompts[:4], seed=1, max_new_tokens=16, batch_size=None)
+    a = generate(model, world.tokenizer, prompts[:4], seed=1, max_new_tokens=16, batch_size="auto")
     assert len(a) == 4

@@ -147,3 +147,50 @@ def test_embedded_world_reader_does_not_import_its_build():
     """world.py reads a built directory; build.py builds it and measures it through world.py:
     one direction only."""
     assert "probe.world.embedded.build" not in _imports(LIBRARY / "world/embedded/world.py")
+
+
+class _Embedded:
+    """The built-in embedded world's identity (out/world/07db5a55b748)."""
+
+    def identity(self) -> dict:
+        return {"name": "embedded", "model_id": "embedded-qwen3-07db5a55b748",
+                "world_hash": "07db5a55b748"}
+
+
+@pytest.mark.parametrize("source", [None, "configs/embedded.toml"])
+def test_auto_batch_sizes_keep_the_default_run_keys(source) -> None:
+    """Issue #13 made every batch knob "auto": the default embedded run keeps the keys it had
+    with the fixed 64 / 16 / 32 (the directories its cached artifacts live in), because "auto"
+    keys as its cap, which is what it resolves to where memory does not bind."""
+    from probe.config import load_config
+    from probe.layout import grpo_paths, r6_paths
+    from probe.stages.phase1 import stage_keys
+
+    cfg = load_config(REPO / source if source else None)
+    assert cfg.replay.micro_batch == cfg.grpo.gen_batch_size == cfg.vhack.batch_size == "auto"
+    ident = _Embedded().identity()
+    keys = stage_keys(_Embedded(), cfg)  # type: ignore[arg-type]
+    grpo = grpo_paths(ident, keys["v_hack"], cfg.grpo, "o", cfg.grader)
+    assert run_paths(_Embedded(), cfg, "o").root.name == "bf49eeda9274"  # type: ignore[arg-type]
+    assert keys == {"teacher_pool": "12ef89fbd5a9", "v_hack": "cf6110ae13dd"}
+    assert (grpo.root.name, grpo.teacher_root.name) == ("1e24395a4e40", "bf22d473b340")
+    assert r6_paths(ident, keys["v_hack"], cfg, "o").root.name == "0788c38c5299"
+
+
+def test_auto_keys_as_its_cap_and_another_number_does_not() -> None:
+    from probe.config import load_config
+    from probe.layout import grpo_paths
+
+    auto = load_config()
+    pinned = load_config(overrides={"pool.gen_batch_size": 64, "vhack.batch_size": 16,
+                                    "replay.micro_batch": 32, "student_eval.gen_batch_size": 64,
+                                    "grpo.micro_batch": 32, "grpo.gen_batch_size": 64})
+    w = _Embedded()
+    assert run_paths(w, auto).root == run_paths(w, pinned).root  # type: ignore[arg-type]
+    assert grpo_paths(w.identity(), "k", auto.grpo) == grpo_paths(w.identity(), "k", pinned.grpo)
+    for key in ("pool.gen_batch_size", "replay.micro_batch"):
+        other = load_config(overrides={key: 8})
+        assert run_paths(w, other).root != run_paths(w, auto).root  # type: ignore[arg-type]
+    smaller = load_config(overrides={"grpo.gen_batch_size": 8}).grpo
+    assert grpo_paths(w.identity(), "k", smaller).teacher_root != \
+        grpo_paths(w.identity(), "k", auto.grpo).teacher_root
