@@ -254,6 +254,26 @@ def step_section(a, model, adapter, N: int, ceiling: float, res: dict) -> None:
     guarded("step profile", lambda: step_profile(a, adapter, rows, V, cfg, null), res)
 
 
+def auto_batch_section(a, model, adapter, res: dict) -> None:
+    """What `micro_batch = "auto"` resolves to at this shape on this device, and whether a
+    per-sample-gradient pass at that batch then fits (its peak against the device's memory)."""
+    from probe.memory import resolve_grad_batch
+    from probe.stages.replay import MICRO_BATCH_CAP
+
+    def go():
+        if a.device == "cuda":
+            torch.cuda.empty_cache()
+        n = resolve_grad_batch("auto", model, a.seq, a.device, "replay.micro_batch",
+                               MICRO_BATCH_CAP)
+        set_delta_s(adapter, 1e-3)
+        batch = make_batch(n, a.seq, model.config.vocab_size, a.device)[2]
+        t, peak, _ = timed(lambda: per_sample_grads(adapter, batch), a.device, 1)
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30 \
+            if a.device == "cuda" else float("nan")
+        return {"rows": n, "seq": a.seq, "s": t, "peak_gib": peak, "device_gib": total}
+    guarded(f"auto micro_batch at T{a.seq}", go, res)
+
+
 def rank_section(a, model, adapter, N: int, ceiling: float, res: dict) -> None:
     """Per-sample grads with a rank-r δS (`replay.rank`): the branch's U/Vh matmuls, which at
     full rank hold 1.34 N parameters and bound the full-rank rate, shrink with r. Runs last: it
@@ -359,6 +379,33 @@ def generation_section(a, model, adapter, res: dict, bw: float) -> None:
         guarded(f"generate eager B{b}", run(False, 2 if a.device == "cuda" else 1), res)
         if a.compile:
             guarded(f"generate static+compile B{b}", run(True, 3), res)
+        if b == max(a.gen_batches):
+            guarded(f"generation profile B{b}",
+                    lambda: generation_profile(a, model, tok, prompts, b), res)
+
+
+def generation_profile(a, model, tok, prompts: list[str], b: int, top: int = 10) -> dict:
+    """One generate call (compiled when the run compiles, after its warm-up calls) under
+    torch.profiler: wall time against the time the device was busy (kernels' sum), so a
+    host-bound decode loop shows as busy << wall; and the operators with the most device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if a.device == "cuda" else [])
+    sync(a.device)
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        out = gen.generate(model, tok, prompts, max_new_tokens=a.new, seed=0, batch_size=b,
+                           compile=a.compile, temperature=0.7)
+        sync(a.device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type.name == "CUDA"] if a.device == "cuda" else []
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
+    ranked = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:top]
+    return {"wall_s": wall, "device_busy_s": busy, "busy_pct": 100 * busy / wall,
+            "steps": max(len(s.completion_ids) for s in out), "compiled": a.compile,
+            "top": [[e.key, int(e.count), round(e.self_device_time_total / 1e3, 2)]
+                    for e in ranked]}
 
 
 def fidelity_section(a, model, factors: dict, res: dict) -> None:
@@ -414,12 +461,14 @@ def fidelity_section(a, model, factors: dict, res: dict) -> None:
 
 def estimate_section(a, res: dict) -> None:
     """R1-R5 wall time at configs/qwen3-4b.toml's numbers, from this run's rates. Assumptions:
-    every completion runs to max_new_tokens (worst case), prompts of `--real-prompt` tokens,
-    per-sample-gradient cost per token as measured (fused, δS ≠ 0) at B × T, a forward-only pass
-    a third of it, generation at the measured steps/s of the nearest measured batch (≥ 64: B64's)."""
+    every completion runs to max_new_tokens (worst case), prompts of `--real-prompt` tokens, a
+    training pass's cost per token as measured at B × T (the whole replay step, default path; else
+    the per-sample grads, fused, δS ≠ 0), a forward-only pass a third of it, generation at the
+    measured steps/s of the nearest measured batch (≥ 64: B64's)."""
     import tomllib
     cfg = tomllib.loads((REPO / "configs" / "qwen3-4b.toml").read_text())
-    grad = res.get("psg fused, δS≠0", {})
+    grad = res.get("whole replay step (concatenated ops)", {})
+    grad = grad if "s" in grad else res.get("psg fused, δS≠0", {})
     if "s" not in grad:
         return
     s_tok = grad["s"] / (a.batch * a.seq)
@@ -513,6 +562,7 @@ def main(argv: list[str] | None = None) -> dict:
         grads_section(a, model, adapter, N, ceil["matmul_tflops"], res)
     if "step" not in a.skip:
         step_section(a, model, adapter, N, ceil["matmul_tflops"], res)
+        auto_batch_section(a, model, adapter, res)
     if "fidelity" not in a.skip:
         guarded("fidelity", lambda: fidelity_section(a, model, factors, res) or {"done": True},
                 res)
@@ -552,6 +602,10 @@ def report(a, res: dict) -> None:
     if None not in steps:
         print(f"  the step's time beyond its per-sample grads: {100 * (steps[0] / steps[1] - 1):.1f}%"
               f" ({steps[0] - steps[1]:.3f} s)")
+    auto = res.get(f"auto micro_batch at T{a.seq}", {})
+    if "rows" in auto:
+        print(f"  micro_batch = \"auto\" at T{a.seq}: {auto['rows']} rows, ran in {auto['s']:.2f} s, "
+              f"peak {auto['peak_gib']:.1f} of {auto['device_gib']:.0f} GiB")
     prof = res.get("step profile", {})
     if "top" in prof:
         print(f"  step profile: {prof['ops']} operator calls, {prof['self_total_ms']:.0f} ms self "
@@ -570,6 +624,13 @@ def report(a, res: dict) -> None:
                     extra = f", compile {v['compile_s']:.0f} s" if "compile_s" in v else ""
                     print(f"  {k:<32}{v['steps_per_s']:>8.1f} steps/s = {v['pct_decode_bound']:.1f}%"
                           f" of bound (first call {v['first_call_s']:.1f} s{extra})")
+    for k, v in res.items():
+        if k.startswith("generation profile") and "wall_s" in v:
+            print(f"  {k} ({'compiled' if v['compiled'] else 'eager'}, {v['steps']} steps): "
+                  f"wall {v['wall_s']:.2f} s, device busy {v['device_busy_s']:.2f} s "
+                  f"({v['busy_pct']:.0f}%); top device time (name, calls, ms):")
+            for name, calls, ms in v["top"]:
+                print(f"    {name[:60]:<60}{calls:>7}{ms:>9.1f}")
     print(f"fidelity, B{a.fid_batch} x T{a.fid_seq}, per-row cosine vs float32 (pass: ≥ 0.99):")
     for k, v in res.items():
         if k.startswith("fidelity:"):
