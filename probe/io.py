@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+log = logging.getLogger(__name__)
 
 _UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
 os.umask(_UMASK)
@@ -22,6 +27,9 @@ _PROBLEMS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is 
              errno.EROFS: "the file system is read-only",
              errno.EACCES: "no permission to write there", errno.EPERM: "not permitted"}
 _MIN_FREE = 64 << 10  # below this many free bytes a failed write is taken as a full disk
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+# a temporary file names its writer: .<target>.<pid>@<host>.<random>.tmp
+_TMP = re.compile(r"^\..+\.(\d+)@([A-Za-z0-9-]+)\.[^.]+\.tmp$")
 
 
 class OutputWriteError(OSError):
@@ -60,7 +68,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}@{_HOST}.", suffix=".tmp",
+                                   dir=path.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # the mode a plain open() would give, not mkstemp's 0600
         os.close(fd)
         yield Path(tmp)
@@ -86,3 +95,31 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def sweep_stale_tmp(root: str | Path) -> int:
+    """Remove the temporary files that writers killed mid-write (SIGKILL, power loss) left under
+    `root`: those whose writer, named in the file name, was on this host and is gone. A live
+    writer's file, another host's, or one not named this way is left alone. Returns how many
+    were removed."""
+    removed = 0
+    for tmp in Path(root).rglob(".*.tmp"):
+        m = _TMP.match(tmp.name)
+        if m is None or m.group(2) != _HOST or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed += 1
+    if removed:
+        log.info("removed %d temporary file(s) left by interrupted writes under %s", removed, root)
+    return removed

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from filelock import FileLock, Timeout
 
-from probe.io import write_error
+from probe.io import sweep_stale_tmp, write_error
 from probe.layout import Phase1Paths, R6Paths, run_paths
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ class Phase1Run:
 
         with self.locked():
             if self.paths is None:
+                sweep_stale_tmp(self.out)  # what killed writers left; live writers' files stay
                 refresh = self._refresh()
                 if refresh:
                     shutil.rmtree(run_paths(self.world, self.cfg, self.out).root,

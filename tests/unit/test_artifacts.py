@@ -103,3 +103,34 @@ def test_tree_digest_covers_every_file_but_hidden_ones(tmp_path) -> None:
     assert set(d) == {"config.json", "sub/w.safetensors"}
     (tmp_path / "sub" / "w.safetensors").write_bytes(b"124")
     assert tree_digest(tmp_path) != d
+
+
+def test_a_killed_writers_temporary_files_are_swept_and_a_live_ones_kept(tmp_path) -> None:
+    """SIGKILL mid-write leaves `.<target>.<pid>@<host>.<random>.tmp`; the next run removes those
+    whose writer is gone, never a live writer's, another host's or a stranger's file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from probe.io import _HOST, atomic_path, sweep_stale_tmp
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    deep = tmp_path / "run" / "arm"
+    deep.mkdir(parents=True)
+    dead = deep / f".step_001.jsonl.gz.{child.pid}@{_HOST}.abc123.tmp"
+    live = deep / f".step_002.jsonl.gz.{os.getpid()}@{_HOST}.def456.tmp"
+    other_host = deep / f".step_003.jsonl.gz.{child.pid}@elsewhere.ghi789.tmp"
+    stranger = deep / ".notes.tmp"
+    for p in (dead, live, other_host, stranger):
+        p.write_text("partial")
+    with atomic_path(deep / "step_004.jsonl.gz") as tmp:  # the writer's own name matches the rule
+        assert tmp.name.startswith(f".step_004.jsonl.gz.{os.getpid()}@{_HOST}.")
+        assert sweep_stale_tmp(tmp_path) == 1
+        assert tmp.exists()
+        tmp.write_text("done")
+    assert not dead.exists()
+    assert live.exists() and other_host.exists() and stranger.exists()
+    assert (deep / "step_004.jsonl.gz").read_text() == "done"
