@@ -483,6 +483,11 @@ def estimate_section(a, res: dict) -> None:
         near = min(got, key=lambda bb: (abs(bb - min(b, max(got))), bb))
         return got[near] / layer_scale
 
+    def compile_s() -> float:
+        got = [res.get(f"generate static+compile B{bb}", {}).get("compile_s") for bb in a.gen_batches]
+        got = [c for c in got if c]
+        return max(got) * layer_scale if got else float("nan")
+
     def gen_s(n: int, b: int, new: int, compiled: bool) -> float:
         r = gen_rate(b, compiled)
         return math.ceil(n / b) * new / r if r else float("nan")
@@ -507,9 +512,13 @@ def estimate_section(a, res: dict) -> None:
         per_step = (gen_s(g_rows, gr["gen_batch_size"], gr["max_new_tokens"], compiled)
                     + g_rows * T5 * s_tok * layer_scale * (1 / 3 + gr["updates_per_batch"])
                     + (256 * 2 * T5 * s_tok * layer_scale) / gr.get("refresh_every", 2))
+        # compiled: one compile per generate shape per process: the pool and the evaluations
+        # (one process), then every R5 arm x seed (one process each under --jobs)
+        compiles = (2 + len(gr["seeds"]) * len(gr["arms"])) * compile_s() if compiled else 0.0
         out[tag] = {"R1 pool (h)": r1 / 3600, "v_hack (h)": vh / 3600,
                     "R2-R4 replay + eval (h)": r23 / 3600, "R5 GRPO (h)": runs5 * per_step / 3600,
-                    "total (h)": (r1 + vh + r23 + runs5 * per_step) / 3600}
+                    "compile (h)": compiles / 3600,
+                    "total (h)": (r1 + vh + r23 + runs5 * per_step + compiles) / 3600}
     res["estimate R1-R5 on one H200"] = out
 
 
