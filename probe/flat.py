@@ -79,6 +79,11 @@ class Packed(dict):
             self.whole = None
         return super().setdefault(key, default)
 
+    def __reduce__(self):
+        """Pickled (multiprocessing, object collectives) as a plain dict: an unpickled copy's
+        views would no longer share a buffer with a restored `whole`."""
+        return dict, (dict(self),)
+
 
 @dataclass(frozen=True)
 class Segments:

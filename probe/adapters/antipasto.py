@@ -136,13 +136,19 @@ class _SVDBranch(nn.Module):
 
 def refresh_zero_flags(branches: list[_SVDBranch]) -> None:
     """Re-read `ds_is_zero` for every branch whose δS changed since it was last read, in one
-    host sync (max |δS| of each: exactly 0 only when every entry is, NaN never counts as 0)."""
+    host sync per device (max |δS| of each: exactly 0 only when every entry is, NaN never counts
+    as 0)."""
     stale = [b for b in branches if b.zero_key() != b._zero_key]
-    if not stale:
-        return
-    peaks = torch._foreach_norm([b.delta_s.detach() for b in stale], float("inf"))
-    for b, peak in zip(stale, torch.stack(peaks).tolist()):
-        b._zero, b._zero_key = peak == 0, b.zero_key()
+    by_device: dict[torch.device, list[_SVDBranch]] = {}
+    for b in stale:
+        if b.delta_s.numel() == 0:  # rank 0: nothing to read, trivially zero
+            b._zero, b._zero_key = True, b.zero_key()
+        else:
+            by_device.setdefault(b.delta_s.device, []).append(b)
+    for group in by_device.values():  # one sync per device the adapter spans
+        peaks = torch._foreach_norm([b.delta_s.detach() for b in group], float("inf"))
+        for b, peak in zip(group, torch.stack(peaks).tolist()):
+            b._zero, b._zero_key = peak == 0, b.zero_key()
 
 
 class AntipastoAdapter(Adapter):

@@ -115,7 +115,9 @@ class Adapter(abc.ABC):
         one tensor gets a view of its `.grad`, not a copy. After the concatenated path's
         `set_grads`, views of its one buffer (free to concatenate)."""
         buf, grads = getattr(self, "_grad_buf", (None, ()))
-        if buf is not None and all(p.grad is g for p, g in zip(self.parameters(), grads)):
+        params = self.parameters()
+        if buf is not None and len(grads) == len(params) \
+                and all(p.grad is g for p, g in zip(params, grads)):
             return flat_path.Packed(zip(self.module_names,
                                         torch.split(buf, list(self.sizes.values()))), buf)
         return {n: _flat([p.grad if p.grad is not None else torch.zeros_like(p) for p in ps])

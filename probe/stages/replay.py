@@ -154,7 +154,7 @@ def run_replay(world: World, pool_dir: Path, V: dict[str, dict[str, torch.Tensor
     # on the device once, not per micro-batch (100 null directions are ~Σr×100 floats)
     V = {kind: {n: t.to(device) for n, t in v.items()} for kind, v in V.items()}
     if null_dirs is not None:
-        null_dirs = {n: t.to(device) for n, t in null_dirs.items()}
+        null_dirs = flat.pack({n: t.to(device) for n, t in null_dirs.items()})
     for s in tqdm(range(start, n_steps), desc=f"{arm} replay", leave=False):
         rows = read_rows(step_path(pool_dir, s), ("prompt_ids", "completion_ids"))
         out_rows, summary = replay_step(adapter, opt, rows, V, sized, pad, project_kind, device,

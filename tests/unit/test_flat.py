@@ -214,3 +214,25 @@ def test_adapter_grads_and_values_on_the_concatenated_path_are_copies(monkeypatc
     assert all(not torch.equal(values[n], v) for n, v in adapter.flat_values().items())
     with pytest.raises(Exception, match="size|module"):
         adapter.set_grads({n: torch.randn(s + 1) for n, s in adapter.sizes.items()})
+
+
+def test_a_pickled_packed_dict_is_a_plain_one(monkeypatch):
+    import pickle
+
+    monkeypatch.setattr(flat, "FLAT_OPS", True)
+    x = flat.zeros({"a": 3, "b": 2}, "cpu")
+    y = pickle.loads(pickle.dumps(x))
+    assert type(y) is dict
+    y["a"].add_(1)
+    assert flat.segments(y).cat(y).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_grads_after_a_lora_adapter_is_removed_are_not_a_stale_buffer(monkeypatch):
+    monkeypatch.setattr(flat, "FLAT_OPS", True)
+    adapter = build_adapter(make_tiny_qwen3(seed=0), AdapterSpec(kind="lora", rank=3))
+    adapter.set_grads({n: torch.randn(s) for n, s in adapter.sizes.items()})
+    adapter.remove()
+    monkeypatch.setattr(flat, "FLAT_OPS", False)
+    ref = adapter.grads()
+    monkeypatch.setattr(flat, "FLAT_OPS", True)
+    assert adapter.grads().keys() == ref.keys()

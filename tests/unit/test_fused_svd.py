@@ -107,3 +107,9 @@ def test_zero_checks_of_all_changed_branches_are_read_together(monkeypatch):
     flags = [b.ds_is_zero() for b in branches]
     assert reads == [len(branches)]
     assert flags == [False, False, True] + [False] * (len(branches) - 3)
+
+
+def test_zero_check_of_an_empty_delta_s_is_true():
+    lin = torch.nn.Linear(4, 4)
+    br = _SVDBranch(lin.weight, 0)
+    assert br.rank == 0 and br.ds_is_zero()
