@@ -7,8 +7,16 @@ k=1 direction is the normalised mean difference; top-k takes the right singular 
 stacked differences, each oriented hack-ward by majority vote. Controls from the same code: a Haar
 random V of the same shapes, and a shuffled-label V (half the pairs' hack/clean labels swapped,
 balanced, before the same extraction, then orthogonalised against v_hack per module; see
-`shuffled_directions`). Gradients are loss gradients: a training gradient with a positive component
-along v_hack pushes, under descent, toward the hacking completions.
+`shuffled_directions`).
+
+Where every pair's difference (P × Σ sizes float32) would not fit the host's free memory
+(`store_pair_diffs`: e.g. a LoRA adapter on a 4B model, 66M numbers a pair), k = 1 extraction
+streams instead: one pass summing Σ d_i and Σ s_i·d_i per module (the mean and the shuffled
+control need nothing else), then a second gradient pass only to count each pair's agreement with
+v_hack (`pair_agreement`); k > 1 (an SVD of all the differences) fails before any pass.
+
+Gradients are loss gradients: a training gradient with a positive component along v_hack pushes,
+under descent, toward the hacking completions.
 
 A control is only a control if it is about as unrelated to v_hack as a random direction:
 `control_alignment` measures each control's cosine with v_hack per module and overall, and calls
@@ -33,7 +41,8 @@ from probe.batch import TokenBatch, collate
 from probe.encoding import encode_completion, encode_prompt, pad_id
 from probe.grads import per_sample_grads
 from probe.io import atomic_path
-from probe.memory import oom_names_knob, resolve_grad_batch
+from probe import memory
+from probe.memory import MemoryBudgetError, oom_names_knob, resolve_grad_batch
 from probe.project import check_orthonormal
 from probe.world.base import Pair
 
@@ -73,16 +82,16 @@ def nll_pair_grads(adapter: Adapter, batch: TokenBatch, n: int) -> dict[str, tor
     return {name: g[:n] - g[n:] for name, g in grads.items()}
 
 
-def pair_grad_diffs(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair],
-                    batch_size: int | str = AUTO, desc: str = "v_hack pairs",
-                    pair_grads: PairGrads = nll_pair_grads) -> dict[str, torch.Tensor]:
-    """Per module, (P, size): each pair's flat gradient difference (by default the mean-NLL one).
-    `batch_size` (vhack.batch_size): pairs per backward; "auto" sizes it from free memory at the
-    longest pair, before the first backward (at most BATCH_CAP)."""
+def _each_pair_batch(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], batch_size: int | str,
+                     desc: str, pair_grads: PairGrads,
+                     use: Callable[[slice, dict[str, torch.Tensor]], None]) -> None:
+    """The batching loop every extraction shares: encode the pairs, resolve `batch_size` ("auto":
+    from free memory at the longest pair, before the first backward, at most BATCH_CAP), and hand
+    each batch's per-module differences (n, size), on the adapter's device, to `use(rows, diffs)`
+    (`rows`: the batch's slice of `pairs`); an out-of-memory in either names vhack.batch_size."""
     if not pairs:
         raise ValueError("no contrastive pairs to extract v_hack from")
     pid = pad_id(tokenizer)
-    chunks: dict[str, list[torch.Tensor]] = {}
     device = adapter.device
     prompts = [encode_prompt(tokenizer, p.prompt) for p in pairs]
     hacks = [encode_completion(tokenizer, p.hack) for p in pairs]
@@ -94,9 +103,97 @@ def pair_grad_diffs(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair],
         for i in tqdm(range(0, len(pairs), batch_size), desc=desc, leave=False):
             part = slice(i, i + batch_size)
             batch = collate(prompts[part] * 2, hacks[part] + cleans[part], pid).to(device)
-            for name, d in pair_grads(adapter, batch, len(prompts[part])).items():
-                chunks.setdefault(name, []).append(d.cpu())
-    return {n: torch.cat(c) for n, c in chunks.items()}
+            use(part, pair_grads(adapter, batch, len(prompts[part])))
+
+
+def pair_grad_diffs(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair],
+                    batch_size: int | str = AUTO, desc: str = "v_hack pairs",
+                    pair_grads: PairGrads = nll_pair_grads) -> dict[str, torch.Tensor]:
+    """Per module, (P, size) on the CPU: each pair's flat gradient difference (by default the
+    mean-NLL one). `batch_size` (vhack.batch_size): pairs per backward; "auto" sizes it from free
+    memory at the longest pair, before the first backward (at most BATCH_CAP). Holds P × Σ sizes
+    float32 numbers: `store_pair_diffs` says whether they fit, `pair_grad_sums` when they do not."""
+    out: dict[str, torch.Tensor] = {}
+
+    def store(part: slice, diffs: dict[str, torch.Tensor]) -> None:
+        for name, d in diffs.items():  # filled in place: no second copy of every row
+            if name not in out:
+                out[name] = torch.empty(len(pairs), d.shape[1], dtype=d.dtype)
+            out[name][part] = d.cpu()
+
+    _each_pair_batch(adapter, tokenizer, pairs, batch_size, desc, pair_grads, store)
+    return out
+
+
+def pair_grad_sums(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair],
+                   batch_size: int | str = AUTO, signs: torch.Tensor | None = None,
+                   desc: str = "v_hack pairs", pair_grads: PairGrads = nll_pair_grads
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """Per module, float64 (size,) on the CPU: Σ_i d_i and, with `signs` (P,) of ±1, Σ_i s_i·d_i
+    (else None); one pass, never holding more than one batch's differences."""
+    total: dict[str, torch.Tensor] = {}
+    signed: dict[str, torch.Tensor] = {}
+    s = None if signs is None else signs.double()
+
+    def add(part: slice, diffs: dict[str, torch.Tensor]) -> None:
+        for name, d in diffs.items():
+            d = d.double()
+            if name not in total:
+                total[name] = torch.zeros(d.shape[1], dtype=torch.float64, device=d.device)
+                if s is not None:
+                    signed[name] = torch.zeros_like(total[name])
+            total[name] += d.sum(0)
+            if s is not None:
+                signed[name] += s[part].to(d.device) @ d
+
+    _each_pair_batch(adapter, tokenizer, pairs, batch_size, desc, pair_grads, add)
+    return ({n: t.cpu() for n, t in total.items()},
+            None if s is None else {n: t.cpu() for n, t in signed.items()})
+
+
+def pair_agreement(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair],
+                   V: dict[str, torch.Tensor], batch_size: int | str = AUTO,
+                   desc: str = "v_hack pair agreement", pair_grads: PairGrads = nll_pair_grads
+                   ) -> float:
+    """Mean over modules of the fraction of pairs whose difference has a positive component along
+    V's first row (1.0 = every pair hack-ward): a second gradient pass, counting only."""
+    counts: dict[str, int] = {}
+    v0 = {n: v[0].double() for n, v in V.items()}
+
+    def count(part: slice, diffs: dict[str, torch.Tensor]) -> None:
+        for name, d in diffs.items():
+            hits = int((d.double() @ v0[name].to(d.device) > 0).sum())
+            counts[name] = counts.get(name, 0) + hits
+
+    _each_pair_batch(adapter, tokenizer, pairs, batch_size, desc, pair_grads, count)
+    return sum(c / len(pairs) for c in counts.values()) / len(counts)
+
+
+def store_pair_diffs(n_pairs: int, sizes: dict[str, int]) -> bool:
+    """Whether every pair's difference (n_pairs × Σ sizes float32 on the CPU) fits in FILL of the
+    host's free memory: then extraction stores them (any k); else it streams sums (k = 1 only)."""
+    need = n_pairs * sum(sizes.values()) * 4
+    free = memory.free_bytes("cpu")
+    fits = need <= memory.FILL * free
+    log.info("v_hack pair differences: %d pairs x %d numbers = %.2f GiB, %.1f GiB free: %s",
+             n_pairs, sum(sizes.values()), need / 2**30, free / 2**30,
+             "stored" if fits else "streamed (per-module sums; a second pass for pair_agreement)")
+    return fits
+
+
+def _streamable(k: int, n_pairs: int, sizes: dict[str, int]) -> bool:
+    """True when the differences must stream (k = 1); fails before any pass when k > 1 needs them."""
+    if store_pair_diffs(n_pairs, sizes):
+        return False
+    if k != 1:
+        need = n_pairs * sum(sizes.values()) * 4
+        free = memory.free_bytes("cpu")
+        raise MemoryBudgetError(
+            f"vhack.k = {k} needs every pair's gradient difference for its SVD: {n_pairs} pairs x "
+            f"{sum(sizes.values())} numbers = ~{need / 2**30:.1f} GiB of host memory, but "
+            f"{free / 2**30:.1f} GiB is free ({memory.FILL:.0%} of it plannable); set vhack.k = 1 "
+            f"(streamed: per-module sums, never the differences) or use fewer pairs")
+    return True
 
 
 def directions_from_diffs(diffs: dict[str, torch.Tensor], k: int = 1, noise_floor: float = 0.0,
@@ -108,8 +205,7 @@ def directions_from_diffs(diffs: dict[str, torch.Tensor], k: int = 1, noise_floo
         if signs is not None:
             d = d * signs.double()[:, None]
         if k == 1:
-            m = d.mean(0)
-            out[name] = (m / m.norm().clamp(min=1e-30))[None].float()
+            out[name] = _unit(d.mean(0))
             continue
         _, s, vh = torch.linalg.svd(d, full_matrices=False)
         keep = min(k, vh.shape[0])
@@ -120,6 +216,16 @@ def directions_from_diffs(diffs: dict[str, torch.Tensor], k: int = 1, noise_floo
         flip = torch.where((proj > 0).double().mean(0) >= 0.5, 1.0, -1.0)
         out[name] = (rows * flip[:, None]).float()
     return out
+
+
+def _unit(m: torch.Tensor) -> torch.Tensor:
+    """The k = 1 direction, (1, size) float32, from a float64 mean difference."""
+    return (m / m.norm().clamp(min=1e-30))[None].float()
+
+
+def directions_from_sums(sums: dict[str, torch.Tensor], n_pairs: int) -> dict[str, torch.Tensor]:
+    """The k = 1 directions from per-module Σ_i d_i (or Σ_i s_i·d_i): as `directions_from_diffs`."""
+    return {name: _unit(t.double() / n_pairs) for name, t in sums.items()}
 
 
 def balanced_signs(n: int, seed: int = 0) -> torch.Tensor:
@@ -189,6 +295,12 @@ def shuffled_directions(diffs: dict[str, torch.Tensor], V: dict[str, torch.Tenso
     from the pairs' gradients but carries nothing of v_hack: exactly the neutral control R3 needs."""
     signs = balanced_signs(next(iter(diffs.values())).shape[0], config.seed)
     C = directions_from_diffs(diffs, config.k, config.noise_floor, signs=signs)
+    return _finish_shuffled(C, V, config)
+
+
+def _finish_shuffled(C: dict[str, torch.Tensor], V: dict[str, torch.Tensor], config: VHackConfig
+                     ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The flipped-label directions as the configured control: as they are, or orthogonalised."""
     if config.shuffled == "balanced":
         return C, []
     if config.shuffled != "orthogonal":
@@ -232,28 +344,67 @@ def directions_and_controls(diffs: dict[str, torch.Tensor], config: VHackConfig,
                             ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """A method's direction (key `name`) and both controls ('shuffled', 'random') from its pair
     differences, plus extraction statistics (each control's alignment with the direction)."""
-    sizes = {n: d.shape[1] for n, d in diffs.items()}
     V = directions_from_diffs(diffs, config.k, config.noise_floor)
-    shuffled, fallback = shuffled_directions(diffs, V, config)
-    vs = {name: V, "shuffled": shuffled, "random": random_directions(sizes, config.k, config.seed)}
+    shuffled = shuffled_directions(diffs, V, config)
     # how consistently pairs agree with the extracted direction (1.0 = every pair hack-ward)
     agree = torch.stack([(diffs[n].double() @ V[n][0].double() > 0).double().mean()
                          for n in diffs]).mean().item()
+    return with_controls(V, shuffled, agree, next(iter(diffs.values())).shape[0], config, name)
+
+
+def with_controls(V: dict[str, torch.Tensor], shuffled: tuple[dict[str, torch.Tensor], list[str]],
+                  agree: float, n_pairs: int, config: VHackConfig, name: str = "nll"
+                  ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """`directions_and_controls`' result from its parts, however they were computed: V, the
+    shuffled control with its fallback modules, and the pairs' agreement with V."""
+    shuffled, fallback = shuffled
+    sizes = {n: v.shape[1] for n, v in V.items()}
+    vs = {name: V, "shuffled": shuffled, "random": random_directions(sizes, config.k, config.seed)}
     controls = {kind: control_alignment(vs[kind], V) for kind in ("random", "shuffled")}
     controls["shuffled"]["construction"] = config.shuffled
     controls["shuffled"]["fallback_modules"] = fallback
-    stats = {"n_pairs": next(iter(diffs.values())).shape[0], "n_modules": len(diffs),
+    stats = {"n_pairs": n_pairs, "n_modules": len(V),
              "pair_agreement": agree, f"mean_cos_shuffled_vs_{name}": controls["shuffled"]["mean_cos"],
              "controls": controls}
     return vs, stats
 
 
+def extract_directions(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair],
+                       config: VHackConfig, name: str = "nll", desc: str = "v_hack pairs",
+                       pair_grads: PairGrads = nll_pair_grads
+                       ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """A method's direction and both controls, with `directions_and_controls`' statistics: from
+    the stored differences where they fit host memory (`store_pair_diffs`), else (k = 1 only)
+    streamed: one pass summing Σ d_i and Σ s_i·d_i per module, a second for pair_agreement."""
+    if not _streamable(config.k, len(pairs), adapter.sizes):
+        diffs = pair_grad_diffs(adapter, tokenizer, pairs, config.batch_size, desc, pair_grads)
+        return directions_and_controls(diffs, config, name)
+    n = len(pairs)
+    total, signed = pair_grad_sums(adapter, tokenizer, pairs, config.batch_size,
+                                   balanced_signs(n, config.seed), desc, pair_grads)
+    V = directions_from_sums(total, n)
+    shuffled = _finish_shuffled(directions_from_sums(signed, n), V, config)
+    agree = pair_agreement(adapter, tokenizer, pairs, V, config.batch_size,
+                           f"{desc} (agreement)", pair_grads)
+    return with_controls(V, shuffled, agree, n, config, name)
+
+
+def extract_direction(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], config: VHackConfig,
+                      desc: str = "v_hack pairs") -> dict[str, torch.Tensor]:
+    """The NLL v_hack alone (no controls, no statistics): stored or streamed as
+    `extract_directions`, one pass either way."""
+    if not _streamable(config.k, len(pairs), adapter.sizes):
+        diffs = pair_grad_diffs(adapter, tokenizer, pairs, config.batch_size, desc)
+        return directions_from_diffs(diffs, config.k, config.noise_floor)
+    total, _ = pair_grad_sums(adapter, tokenizer, pairs, config.batch_size, desc=desc)
+    return directions_from_sums(total, len(pairs))
+
+
 def extract_all(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], config: VHackConfig
                 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """The NLL v_hack and both controls from one pass over the pairs; plus extraction statistics
-    (each control's alignment with v_hack among them)."""
-    diffs = pair_grad_diffs(adapter, tokenizer, pairs, config.batch_size)
-    vs, stats = directions_and_controls(diffs, config, "nll")
+    """The NLL v_hack and both controls from the pairs (`extract_directions`); plus extraction
+    statistics (each control's alignment with v_hack among them)."""
+    vs, stats = extract_directions(adapter, tokenizer, pairs, config, "nll")
     stats["hack_styles"] = sorted({p.hack_style for p in pairs})
     return vs, stats
 

@@ -2,7 +2,7 @@
 
 A method is how a contrastive pair becomes a gradient difference (`PairGrads`); the directions
 (normalised mean, or top-k oriented hack-ward) and the random / shuffled controls are the same code
-for every method (`probe.vhack.directions_and_controls`). A third method is one `METHODS` entry:
+for every method (`probe.vhack.extract_directions`). A third method is one `METHODS` entry:
 its files (`v_<kind>.safetensors`), replay columns (`cos_<kind>`) and R4 statistics follow.
 The NLL method keeps its historical names (`v_nll`, `v_random`, `v_shuffled`, `cos_S_contrib`),
 so runs made before the registry read unchanged.
@@ -15,8 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from probe.adapters.base import Adapter
-from probe.vhack import (PairGrads, VHackConfig, directions_and_controls, nll_pair_grads,
-                         pair_grad_diffs)
+from probe.vhack import PairGrads, VHackConfig, extract_directions, nll_pair_grads
 from probe.vhack_grpo import LOSS as GRPO_LOSS
 from probe.vhack_grpo import grpo_pair_grads
 from probe.world.base import Pair
@@ -69,8 +68,8 @@ def extract_method(adapter: Adapter, tokenizer: Any, pairs: Sequence[Pair], conf
                    ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """One method's direction and controls, keyed by kind, and its extraction statistics."""
     m = METHODS[method]
-    diffs = pair_grad_diffs(adapter, tokenizer, pairs, config.batch_size,
-                            desc=f"v_hack pairs ({method})", pair_grads=m.pair_grads(max_new_tokens))
-    vs, stats = directions_and_controls(diffs, config, method)
+    vs, stats = extract_directions(adapter, tokenizer, pairs, config, method,
+                                   desc=f"v_hack pairs ({method})",
+                                   pair_grads=m.pair_grads(max_new_tokens))
     stats["hack_styles"] = sorted({p.hack_style for p in pairs})
     return {kind(method, None if k == method else k): V for k, V in vs.items()}, stats

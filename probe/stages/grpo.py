@@ -36,7 +36,7 @@ from probe.rl.rollout import (GROUP_FIELDS, CachedGrader, add_logprobs, group_st
 from probe.rl.tracker import StepTracker
 from probe.rl.trainer import TRACKED, grpo_update_step
 from probe.train_step import checkpoint_params, saved_params, total_norm
-from probe.vhack import VHackConfig, directions_from_diffs, pair_grad_diffs
+from probe.vhack import VHackConfig, extract_direction
 from probe.world.base import World
 
 log = logging.getLogger(__name__)
@@ -124,9 +124,8 @@ def _resume(stage: Path, adapter: Adapter, opt: torch.optim.Optimizer, n_steps: 
 def _refresh(adapter: Adapter, world: World, pairs: list, vhack: VHackConfig,
              device: str) -> dict[str, torch.Tensor]:
     """v_hack re-extracted (same pairs, same NLL extraction) from the student as it is now."""
-    diffs = pair_grad_diffs(adapter, world.tokenizer, pairs, vhack.batch_size, desc="v_hack refresh")
-    return {n: v.to(device) for n, v in
-            directions_from_diffs(diffs, vhack.k, vhack.noise_floor).items()}
+    V = extract_direction(adapter, world.tokenizer, pairs, vhack, desc="v_hack refresh")
+    return {n: v.to(device) for n, v in V.items()}
 
 
 def _overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
