@@ -2,10 +2,11 @@
 
 The step's cosines, diagnostics and projection act per module (the spec's norm-weighted cosine, the
 one-sided projection, cos_in per module). Module by module that is ~10 small ops × 252 modules at
-the Qwen3-4B shape, each a kernel launch and a Python dispatch: most of the ~0.57 s an H200 replay
-step spent beyond its per-sample gradients (issue #13). Here the modules' flat vectors are
-concatenated once into (..., D) and every per-module sum is a segment reduction over the modules'
-slices (`torch.segment_reduce`: one pass per segment, deterministic).
+the Qwen3-4B shape, each a kernel launch and a Python dispatch (issue #13). Here the modules' flat
+vectors are concatenated into (..., D) — for free when they already are views of one buffer
+(`Packed`) — and every per-module sum is a reduction over the modules' slices, equal-size modules
+as one block (deterministic). Measured on one H200 (README, "Real shape"): the whole replay step
+0.758 s against 1.146 s module by module, 5.0% over its per-sample gradients.
 
 "auto" (the default) uses it for CUDA tensors only: on a CPU the module loop costs little, and the
 reference path keeps the embedded world's results bit-identical. Both paths agree up to float
@@ -30,11 +31,6 @@ def use_flat_on(device: torch.device | str) -> bool:
 def use_flat(tensors: dict[str, torch.Tensor]) -> bool:
     """Whether per-module arithmetic on `tensors` takes the concatenated path."""
     return bool(tensors) and use_flat_on(next(iter(tensors.values())).device)
-
-
-def _f(x: torch.Tensor) -> torch.Tensor:
-    """At least float32 (as the reference path computes)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class Packed(dict):
