@@ -97,9 +97,9 @@ def add_row_sums_(acc: dict[str, torch.Tensor], grads: dict[str, torch.Tensor],
         seg = flat.segments(grads)
         rows = seg.cat(grads, torch.float32)
         total = (rows if select is None else rows[select]).sum(0)
-        whole = flat.adjacent([acc[n] for n in seg.names])
-        if whole is not None and whole.dtype == total.dtype:
-            whole += total  # acc's tensors are views of `whole`
+        whole = getattr(acc, "whole", None)  # flat.zeros' Packed dict: one buffer, one add
+        if whole is not None and tuple(acc) == seg.names and whole.dtype == total.dtype:
+            whole += total
         else:
             torch._foreach_add_([acc[n] for n in seg.names], list(seg.split(total).values()))
         return

@@ -16,6 +16,7 @@ import torch
 
 from probe.adapters.base import Adapter
 from probe.batch import TokenBatch
+from probe import flat
 from probe.arms import Arm
 
 TRACKED = "current"  # V's key of a direction measured against, never projected (R6's drift)
@@ -49,8 +50,7 @@ class _SurrogatePass:
     def __init__(self, adapter: Adapter, adv: Sequence[float], cfg: GRPOConfig,
                  normaliser: float) -> None:
         self.adv, self.cfg, self.normaliser = adv, cfg, normaliser
-        self.teacher = {n: torch.zeros(s, dtype=torch.float32, device=adapter.device)
-                        for n, s in adapter.sizes.items()}
+        self.teacher = flat.zeros(adapter.sizes, adapter.device)
         self.stats = RatioStats(cfg.epsilon, cfg.epsilon_high,
                                 teacher_clipped=cfg.correction != "luffy")
         self.records: list[dict[str, Any]] = []

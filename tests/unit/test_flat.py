@@ -169,7 +169,7 @@ def test_adjacent_views_concatenate_for_free_and_others_are_copied():
     x = _grads((2,), zero=None)
     seg = flat.segments(x)
     assert flat.adjacent(list(x.values())) is None
-    packed = flat.pack(x) if flat.use_flat(x) else seg.split(seg.cat(x))
+    packed = seg.split(seg.cat(x))
     whole = flat.adjacent([packed[n] for n in seg.names])
     assert whole is not None and whole.shape == (2, seg.total)
     torch.testing.assert_close(whole, torch.cat(list(x.values()), -1))
